@@ -1,0 +1,83 @@
+"""The catalog side: photos of products -> category, embeddings -> the index set.
+
+This issue's scope is a folder of product photos (one sub-folder per class, like
+clothing-dataset-small); each photo is one product. A photo that cannot be read is reported
+and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from detectors.garments import whole_photo
+from indexes.index_set import IndexSet
+from pipeline.dataset import list_photos
+from pipeline.images import ImageError, load_image
+from pipeline.look import build_models, model_signature
+from pipeline.types import CATEGORIES
+
+
+@dataclass
+class IndexReport:
+    added: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def index_folder(folder: str | Path, out: str | Path, config: dict, *, batch: int = 32,
+                 limit_per_class: int = 0) -> IndexReport:
+    """Embed every photo under ``folder/<class>/`` and save an IndexSet at ``out``."""
+    models = build_models(config)
+    embedder, reranker, classifier = models["embedder"], models["reranker"], models["classifier"]
+    index = IndexSet(model_signature(embedder, reranker))
+    photos = list_photos(folder)
+    if limit_per_class:
+        photos = sample_per_class(photos, limit_per_class)
+    report = IndexReport(dict.fromkeys(CATEGORIES, 0))
+    for start in tqdm(range(0, len(photos), batch), desc="index catalog", unit="batch", disable=None):
+        rows, crops = [], []
+        for p in photos[start:start + batch]:
+            try:
+                image = load_image(p.path, max_side=512)
+            except ImageError as e:
+                report.skipped.append((str(p.path), str(e)))
+                continue
+            category, label = p.category, p.label
+            if category is None and p.label not in ("hat",) and classifier is not None:
+                g = whole_photo(image, classifier)
+                category, label = str(g.categories[0]), str(g.labels[0])
+            if category not in CATEGORIES:
+                report.skipped.append((str(p.path), f"class '{p.label}' is not an indexed category"))
+                continue
+            rows.append({"product_id": p.product_id, "title": f"{label} {p.product_id[:8]}", "category": category,
+                         "label": label, "image": str(p.path)})
+            crops.append(image)
+        if not rows:
+            continue
+        vectors = embedder.embed(crops)
+        rerank = reranker.embed(crops) if reranker is not None else None
+        for cat in CATEGORIES:
+            sel = [i for i, r in enumerate(rows) if r["category"] == cat]
+            if sel:
+                index[cat].add([rows[i]["product_id"] for i in sel], vectors[sel],
+                               None if rerank is None else rerank[sel])
+                report.added[cat] += len(sel)
+        index.store.put(rows)
+    index.save(Path(out))
+    for path, reason in report.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return report
+
+
+def sample_per_class(photos, n: int):
+    """At most ``n`` photos of each class, in path order."""
+    out, seen = [], {}
+    for p in photos:
+        if seen.get(p.label, 0) < n:
+            out.append(p)
+            seen[p.label] = seen.get(p.label, 0) + 1
+    return out
+

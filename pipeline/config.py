@@ -1,0 +1,35 @@
+"""Pipeline configuration: defaults merged with a TOML file (``--config``)."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+
+DEFAULTS = {
+    "pose": {"backend": "mediapipe"},
+    # yolo: {"backend": "yolo", "weights": "yolo-garments", "class_map": "deepfashion2"}
+    "detector": {"backend": "pose-regions", "dress_threshold": 0.5},
+    # sam: {"backend": "sam", "weights": "sam-vit-b", "arch": "vit_b"}
+    "masks": {"backend": "person"},
+    # fashion-clip: {"backend": "fashion-clip", "weights": "fashion-clip", "arch": "ViT-B-16"}
+    "embedder": {"backend": "reid", "weights": "reid-v1"},
+    # dinov2: {"backend": "dinov2", "weights": "dinov2-vits14", "arch": "vit_small_patch14_dinov2"}
+    "reranker": {"backend": "reid", "weights": "reid-v1", "image_size": 144},
+    "search": {"k": 5, "k_recall": 50, "rerank_weight": 0.5},
+    "device": "auto",
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | None = None, **overrides) -> dict:
+    cfg = DEFAULTS
+    if path:
+        with open(path, "rb") as f:
+            cfg = merge(cfg, tomllib.load(f))
+    return merge(cfg, overrides)

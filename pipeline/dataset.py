@@ -1,0 +1,69 @@
+"""The catalog photo folders we train, evaluate and demo on (folder per class)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from detectors.reid import CLASS_CATEGORY
+
+DEFAULT_DATA = Path(os.environ.get("SHOPFLUENCE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class CatalogPhoto:
+    """One product photo: its path, its class folder and the category that class maps to."""
+
+    path: Path
+    label: str
+
+    @property
+    def category(self) -> str | None:
+        return CLASS_CATEGORY.get(self.label, self.label if self.label in ("upper", "lower", "footwear", "dress") else None)
+
+    @property
+    def product_id(self) -> str:
+        return self.path.stem
+
+
+def list_photos(folder: str | Path) -> list[CatalogPhoto]:
+    """Photos under ``folder/<class>/``, sorted by path so every run sees the same order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"catalog folder {folder} does not exist: point to a folder with one sub-folder per "
+            "class, e.g. ../shared/data/clothing-dataset-small/test"
+        )
+    return [
+        CatalogPhoto(p, p.parent.name)
+        for p in sorted(folder.glob("*/*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+def clothing_split(split: str, root: str | Path | None = None) -> list[CatalogPhoto]:
+    """One split (train / validation / test) of clothing-dataset-small."""
+    root = Path(root) if root else DEFAULT_DATA / "clothing-dataset-small"
+    return list_photos(root / split)
+
+
+def load_small(photos: list[CatalogPhoto], longer_side: int, desc: str = "decode") -> list[torch.Tensor]:
+    """Decode photos to (3, h, w) uint8 tensors with the longer side at most ``longer_side``.
+
+    Uses JPEG draft mode, so a few thousand photos decode in seconds.
+    """
+    out = []
+    for p in tqdm(photos, desc=desc, unit="img", leave=False, disable=None):
+        with Image.open(p.path) as im:
+            im.draft("RGB", (longer_side, longer_side))
+            im = im.convert("RGB")
+            im.thumbnail((longer_side, longer_side), Image.Resampling.BILINEAR)
+            out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+    return out

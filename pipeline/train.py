@@ -1,0 +1,309 @@
+"""Train our re-identification model from scratch (``shopfluence train``).
+
+Recipe: every catalog photo is its own identity. Each batch holds two independent
+re-photographs (``TrainRephoto``) of each of ``batch_size`` photos. Losses:
+ArcFace over the identities (proxies), cross-entropy over the 10 product classes, and an
+in-batch InfoNCE between the two views. The InfoNCE term is our addition to the ArcFace +
+classification seed recipe: with one photo per identity each ArcFace proxy moves only twice an
+epoch, while InfoNCE gives every step a signal from every pair, which is what makes a short
+CPU/GPU budget enough.
+
+The run directory holds ``config.json`` (defaults merged with overrides), ``last.pt`` (resume
+point, written atomically each epoch), ``log.jsonl``, ``training.png`` and ``release.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from detectors.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from detectors.reid import CLASSES, build_reid, save_release
+from pipeline.augment import TrainRephoto
+from pipeline.dataset import DEFAULT_DATA, clothing_split, load_small
+
+
+@dataclass
+class TrainConfig:
+    data: str = str(DEFAULT_DATA / "clothing-dataset-small")
+    out: str = "runs/reid"
+    backbone: str = "resnet10t"
+    embed_dim: int = 256
+    image_size: int = 112
+    longer_side: int = 160  # photos are decoded once at this size and kept in memory
+    epochs: int = 16
+    batch_size: int = 64  # identities per step; each brings two views
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    arc_scale: float = 30.0
+    arc_margin: float = 0.25
+    w_class: float = 1.0
+    w_nce: float = 0.5
+    nce_temperature: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 1
+    subset: int = 0  # >0: train on the first N photos only (tests, smoke runs)
+    max_steps: int = 0  # >0: stop after this many steps in total (tests)
+
+    @classmethod
+    def load(cls, path: str | None = None, **overrides) -> TrainConfig:
+        """Defaults, merged with a TOML file, merged with keyword overrides (None ignored)."""
+        values = {}
+        if path:
+            with open(path, "rb") as f:
+                values.update(tomllib.load(f))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}")
+        return cls(**values)
+
+
+class ArcFace(nn.Module):
+    """Additive angular margin loss (Deng et al. 2019) over L2-normalised embeddings."""
+
+    def __init__(self, dim: int, classes: int, scale: float, margin: float):
+        super().__init__()
+        # unit-norm proxies: tiny ones get huge effective steps through the normalisation
+        self.weight = nn.Parameter(F.normalize(torch.randn(classes, dim), dim=1))
+        self.scale, self.margin = scale, margin
+
+    def forward(self, emb: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cos = emb @ F.normalize(self.weight, dim=1).T
+        cos_t = cos.gather(1, target[:, None]).clamp(-1 + 1e-6, 1 - 1e-6)
+        theta = torch.acos(cos_t)
+        # past pi - m the margin would make the target easier; fall back to a linear penalty
+        with_margin = torch.where(theta + self.margin < math.pi, torch.cos(theta + self.margin),
+                                  cos_t - self.margin * math.sin(self.margin))
+        logits = cos.scatter(1, target[:, None], with_margin) * self.scale
+        return F.cross_entropy(logits, target)
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = z1 @ z2.T / temperature
+    target = torch.arange(len(z1), device=z1.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def compute_loss(model, arcface, batch, cfg: TrainConfig, device):
+    """Total loss of one batch (two views per identity) and its parts.
+
+    Returns (loss, arcface, class, nce, class logits, class targets).
+    """
+    v1, v2_, ident, cls = batch
+    x = torch.cat([v1, v2_]).to(device, non_blocking=True)
+    ident, cls = ident.to(device).repeat(2), cls.to(device).repeat(2)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        emb, logits = model(x)
+    emb, logits = emb.float(), logits.float()
+    l_arc = arcface(emb, ident)
+    l_cls = F.cross_entropy(logits, cls, label_smoothing=0.1)
+    l_nce = info_nce(emb[:len(v1)], emb[len(v1):], cfg.nce_temperature)
+    return l_arc + cfg.w_class * l_cls + cfg.w_nce * l_nce, l_arc, l_cls, l_nce, logits, cls
+
+
+class TwoViews(torch.utils.data.Dataset):
+    def __init__(self, images: list[torch.Tensor], classes: list[int], size: int, seed: int):
+        self.images, self.classes, self.seed = images, classes, seed
+        self.epoch = 0
+        self.aug = TrainRephoto(size, backgrounds=self._background)
+        self.mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
+
+    def _background(self) -> torch.Tensor:
+        return self.images[random.randrange(len(self.images))].float() / 255
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + i)
+        random.seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))  # v2 transforms
+        views = [(self.aug(self.images[i], g) - self.mean) / self.std for _ in range(2)]
+        return views[0], views[1], i, self.classes[i]
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    total = max(warm + 1, cfg.epochs * steps_per_epoch)
+
+    def f(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm)))
+
+    return f
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) training; returns the path of the fp16 release file."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+
+    photos = clothing_split("train", cfg.data)
+    if cfg.subset:
+        photos = photos[:: max(1, len(photos) // cfg.subset)][: cfg.subset]
+    images = load_small(photos, cfg.longer_side, desc="decode train photos")
+    classes = [CLASSES.index(p.label) for p in photos]
+    data = TwoViews(images, classes, cfg.image_size, cfg.seed)
+    arch = {"backbone": cfg.backbone, "embed_dim": cfg.embed_dim, "num_classes": len(CLASSES),
+            "image_size": cfg.image_size}
+    model, model_cfg = build_reid(**arch)
+    model.to(device)
+    arcface = ArcFace(cfg.embed_dim, len(images), cfg.arc_scale, cfg.arc_margin).to(device)
+    params = [{"params": [p for n, p in model.named_parameters() if p.ndim > 1], "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in model.named_parameters() if p.ndim <= 1], "weight_decay": 0.0},
+              {"params": arcface.parameters(), "weight_decay": 0.0}]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True)
+    loader_kw = dict(batch_size=cfg.batch_size, shuffle=True, drop_last=len(images) > cfg.batch_size,
+                     num_workers=cfg.workers, persistent_workers=False,
+                     generator=torch.Generator().manual_seed(cfg.seed))
+    steps_per_epoch = max(1, len(images) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps_per_epoch))
+
+    start_epoch, step = 0, 0
+    ckpt_path = out / "last.pt"
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if _run_identity(ck["config"]) != _run_identity(dataclasses.asdict(cfg)):
+            raise SystemExit(f"{ckpt_path} was written with another config; use a new --out or delete it")
+        model.load_state_dict(ck["model"])
+        arcface.load_state_dict(ck["arcface"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start_epoch, step = ck["epoch"] + 1, ck["step"]
+        loader_kw["generator"].set_state(ck["loader_rng"])
+        print(f"resuming from {ckpt_path}: epoch {start_epoch}, step {step}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        data.epoch = epoch
+        loader = torch.utils.data.DataLoader(data, **loader_kw)
+        model.train()
+        sums = {"loss": 0.0, "arcface": 0.0, "class": 0.0, "nce": 0.0, "class_acc": 0.0}
+        n = 0
+        t0 = time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=None)
+        for v1, v2_, ident, cls in bar:
+            loss, l_arc, l_cls, l_nce, logits, cls = compute_loss(model, arcface, (v1, v2_, ident, cls), cfg, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in (("loss", loss), ("arcface", l_arc), ("class", l_cls), ("nce", l_nce)):
+                sums[k] += float(v.detach())
+            sums["class_acc"] += float((logits.argmax(1) == cls).float().mean())
+            n += 1
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", acc=f"{sums['class_acc'] / n:.2f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        record = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0],
+                  "seconds": round(time.time() - t0, 1), **{k: v / max(n, 1) for k, v in sums.items()}}
+        if not cfg.subset:
+            record.update(validate(model, cfg, device))
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps(record))
+        _atomic_save({"model": model.state_dict(), "arcface": arcface.state_dict(), "opt": opt.state_dict(),
+                      "sched": sched.state_dict(), "epoch": epoch, "step": step,
+                      "loader_rng": loader_kw["generator"].get_state(),
+                      "config": dataclasses.asdict(cfg)}, ckpt_path)
+    model.cpu().eval()
+    release = out / "release.pt"
+    save_release(model, {**model_cfg, "trained": dataclasses.asdict(cfg)}, release)
+    plot_log(out / "log.jsonl", out / "training.png")
+    return release
+
+
+def validate(model, cfg: TrainConfig, device) -> dict:
+    """Recall@1 of held-out-style re-photographs of the validation split, and class accuracy."""
+    from pipeline.evaluate import EvalRephoto, embed_tensors, recall_at_k  # noqa: PLC0415 (cycle)
+
+    photos = clothing_split("validation", cfg.data)
+    images = load_small(photos, cfg.longer_side, desc="decode validation")
+    model.eval()
+    mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
+    gallery_t = [(_gallery_view(im, cfg.image_size) - mean) / std for im in images]
+    bgs = [im.float() / 255 for im in images[::7]]
+    aug = EvalRephoto(cfg.image_size, bgs)
+    g = torch.Generator().manual_seed(1234)
+    query_t = [(aug(im, g) - mean) / std for im in images]
+    gal, logits = embed_tensors(model, gallery_t, device)
+    qry, _ = embed_tensors(model, query_t, device)
+    ranks = np.argsort(-(qry @ gal.T), axis=1)
+    truth = np.arange(len(images))
+    acc = float((logits.argmax(1) == np.array([CLASSES.index(p.label) for p in photos])).mean())
+    model.train()
+    return {"val_recall@1": recall_at_k(ranks, truth, 1), "val_class_acc": acc}
+
+
+def _gallery_view(img: torch.Tensor, size: int) -> torch.Tensor:
+    from detectors.preprocess import letterbox  # noqa: PLC0415
+
+    return letterbox(img.float() / 255, size, torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1))
+
+
+def _run_identity(cfg: dict) -> dict:
+    """The options that must match to resume (how long or where a run goes may change)."""
+    return {k: v for k, v in cfg.items() if k not in ("max_steps", "workers", "device")}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def plot_log(log: Path, png: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    ep = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for k in ("loss", "arcface", "class", "nce"):
+        a.plot(ep, [r[k] for r in rows], label=k)
+    a.set_xlabel("epoch"), a.set_title("training losses"), a.legend()
+    for k in ("class_acc", "val_class_acc", "val_recall@1"):
+        if k in rows[0]:
+            b.plot(ep, [r[k] for r in rows], label=k)
+    b.set_xlabel("epoch"), b.set_ylim(0, 1), b.set_title("accuracy / recall"), b.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
