@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import defaultdict
-import sys
 from pathlib import Path
 
 import numpy as np

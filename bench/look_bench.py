@@ -71,7 +71,8 @@ def main():
     device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        results = {"default (mediapipe, pose-regions, person mask, reid 112/144)": run("default", load_config(), tmp, args.repeats)}
+        default = "default (mediapipe, pose-regions, person mask, reid 112/144)"
+        results = {default: run("default", load_config(), tmp, args.repeats)}
         if not args.skip_official:
             cfg = official_config(tmp)
             results["official archs (ViT-B/32 + DINOv2 ViT-S/14 + SAM vit_b, random weights)"] = run(

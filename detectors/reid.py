@@ -10,8 +10,8 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 # The 10 product classes of clothing-dataset-small, and the category each belongs to.
 CLASSES = ("dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt")

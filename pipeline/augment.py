@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import v2
 
 from detectors.preprocess import IMAGENET_MEAN, letterbox
 

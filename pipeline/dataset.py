@@ -61,9 +61,9 @@ def load_small(photos: list[CatalogPhoto], longer_side: int, desc: str = "decode
     """
     out = []
     for p in tqdm(photos, desc=desc, unit="img", leave=False, disable=None):
-        with Image.open(p.path) as im:
-            im.draft("RGB", (longer_side, longer_side))
-            im = im.convert("RGB")
-            im.thumbnail((longer_side, longer_side), Image.Resampling.BILINEAR)
-            out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
+        with Image.open(p.path) as src:
+            src.draft("RGB", (longer_side, longer_side))
+            rgb = src.convert("RGB")
+        rgb.thumbnail((longer_side, longer_side), Image.Resampling.BILINEAR)
+        out.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
     return out

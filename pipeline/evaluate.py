@@ -185,7 +185,9 @@ def _pipeline_queries(queries, ours, gallery, truth):
     from detectors.pose import build_pose_checker  # noqa: PLC0415
     from pipeline.images import crop_masked  # noqa: PLC0415
 
-    pose, det, masker = build_pose_checker("mediapipe"), build_garment_detector("pose-regions", classifier=ours), build_masker("person")
+    pose = build_pose_checker("mediapipe")
+    det = build_garment_detector("pose-regions", classifier=ours)
+    masker = build_masker("person")
     crops, kept = [], []
     for i, q in enumerate(queries):
         verdict = pose.check(q)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from detectors.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -212,8 +212,8 @@ def train(cfg: TrainConfig) -> Path:
         n = 0
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=None)
-        for v1, v2_, ident, cls in bar:
-            loss, l_arc, l_cls, l_nce, logits, cls = compute_loss(model, arcface, (v1, v2_, ident, cls), cfg, device)
+        for batch in bar:
+            loss, l_arc, l_cls, l_nce, logits, cls = compute_loss(model, arcface, batch, cfg, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
