@@ -99,12 +99,15 @@ class PoseRegionDetector:
         classifier: a ``ReidEmbedder`` (its ``classify``); None labels regions generically.
         dress_threshold: P(dress) of the shoulders-knees crop above which it is one dress.
         min_visibility: keypoint visibility needed to use a keypoint.
+        hemline: shorten the lower box when the class head says shorts or skirt.
     """
 
     name = "pose-regions"
 
-    def __init__(self, *, classifier=None, dress_threshold: float = 0.5, min_visibility: float = 0.3):
+    def __init__(self, *, classifier=None, dress_threshold: float = 0.5, min_visibility: float = 0.3,
+                 hemline: bool = True):
         self.classifier = classifier
+        self.hemline = hemline
         self.dress_threshold = dress_threshold
         self.min_visibility = min_visibility
 
@@ -196,7 +199,8 @@ class PoseRegionDetector:
             scores["lower"] = sum(p["lower"][c] for c in LOWER_CLASSES)
             scores["dress"] = p["dress"]["dress"]
             use_dress = scores["dress"] >= self.dress_threshold and scores["dress"] > scores["upper"]
-            boxes["lower"] = self._hemline(boxes["lower"], labels["lower"], regions)
+            if self.hemline:
+                boxes["lower"] = self._hemline(boxes["lower"], labels["lower"], regions)
         out = ["dress"] if use_dress else ["upper", "lower"]
         if "footwear" in regions:
             out.append("footwear")

@@ -157,9 +157,9 @@ def run_eval(*, out: Path, data: str | None = None, weights: str = "reid-v1",
 
     cls = _class_accuracy(ours, gallery_crops[:len(test)], [p.label for p in test], queries,
                           [photos[t].label for t in truth])
-    report = _write_report(out, rows, per_cat, speed, cls, curves, len(photos), len(queries), seed,
-                           ours_path, queries, truth, ranks_ours, gallery_crops)
-    return report
+    return _write_report(out, rows=rows, per_cat=per_cat, speed=speed, cls=cls, curves=curves,
+                         n_gallery=len(photos), seed=seed, weights=ours_path, queries=queries, truth=truth,
+                         ranks=ranks_ours, gallery_crops=gallery_crops)
 
 
 class _P:  # a path with the attributes load_small reads
@@ -225,8 +225,10 @@ def _confusion(truth, pred) -> np.ndarray:
     return m
 
 
-def _write_report(out, rows, per_cat, speed, cls, curves, n_gallery, n_queries, seed, weights, queries, truth,
+def _write_report(out, *, rows, per_cat, speed, cls, curves, n_gallery, seed, weights, queries, truth,
                   ranks, gallery_crops) -> str:
+    """report.md plus recall@k curves, the class confusion matrix and a grid of queries."""
+    n_queries = len(queries)
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
