@@ -44,6 +44,8 @@ CLASS_MAPS: dict[str, dict[str, str | None]] = {
     },
 }
 
+MIN_BOX_SIDE = 8  # pixels; a smaller region holds nothing to search
+
 UPPER_CLASSES = ("t-shirt", "shirt", "longsleeve", "outwear")
 LOWER_CLASSES = ("pants", "shorts", "skirt")
 
@@ -120,7 +122,9 @@ class PoseRegionDetector:
             regions = self._regions_from_mask(pose.person_mask)
         if regions is None:
             return whole_photo(image, self.classifier)
-        return self._label(image, pose, regions, (w, h))
+        found = self._label(image, pose, regions, (w, h))
+        sides = np.minimum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+        return found[sides >= MIN_BOX_SIDE]  # feet at the very edge of the frame clip to a sliver
 
     # -- geometry ---------------------------------------------------------------------------
     def _pt(self, pose: PoseVerdict, name: str):

@@ -125,3 +125,11 @@ def test_bad_catalog_photo_is_skipped_not_fatal(tmp_path):
     report = index_folder(folder, tmp_path / "idx", load_config())
     assert report.added["footwear"] == 2 and len(report.skipped) == 2
     assert np.all([("corrupt" in r or "empty" in r) for _, r in report.skipped])
+
+
+def test_regions_clipped_to_a_sliver_are_dropped(shop, people_photo):
+    h = people_photo.shape[0]
+    cut = people_photo[: int(0.93 * h)]  # the feet leave the frame
+    g = shop.look(cut).garments
+    sides = np.minimum(g.boxes[:, 2] - g.boxes[:, 0], g.boxes[:, 3] - g.boxes[:, 1])
+    assert len(g) >= 1 and (sides >= 8).all()
