@@ -122,9 +122,11 @@ class PoseRegionDetector:
             regions = self._regions_from_mask(pose.person_mask)
         if regions is None:
             return whole_photo(image, self.classifier)
-        found = self._label(image, pose, regions, (w, h))
-        sides = np.minimum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
-        return found[sides >= MIN_BOX_SIDE]  # feet at the very edge of the frame clip to a sliver
+        # keypoints outside the frame (feet, or a guessed body on a product shot) clip to a sliver
+        regions = {k: v for k, v in regions.items() if k.endswith("_y") or _big_enough(v)}
+        if not {"upper", "lower", "dress"} <= set(regions):
+            return whole_photo(image, self.classifier)
+        return self._label(image, pose, regions, (w, h))
 
     # -- geometry ---------------------------------------------------------------------------
     def _pt(self, pose: PoseVerdict, name: str):
@@ -222,6 +224,10 @@ class PoseRegionDetector:
         elif label == "skirt":
             y1 = min(y1, knee + 0.25 * (knee - hip))
         return (x0, y0, x1, y1)
+
+
+def _big_enough(box) -> bool:
+    return min(box[2] - box[0], box[3] - box[1]) >= MIN_BOX_SIDE
 
 
 def _clip(box, w: int, h: int):
