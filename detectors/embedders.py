@@ -83,9 +83,8 @@ class ReidEmbedder(Embedder):
             out.append(logits.softmax(1).cpu().numpy())
         return np.concatenate(out)
 
-    def category_probs(self, crops: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Probability of each of our categories (hat counts as none), per crop."""
-        probs = self.classify(crops)
+    def category_probs(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """Probability of each of our categories (hat counts as none), from ``classify``'s output."""
         cats: dict[str, np.ndarray] = {}
         for j, cls in enumerate(self.classes):
             cat = CLASS_CATEGORY.get(cls)

@@ -45,6 +45,7 @@ CLASS_MAPS: dict[str, dict[str, str | None]] = {
 }
 
 MIN_BOX_SIDE = 8  # pixels; a smaller region holds nothing to search
+BOX_REGIONS = ("upper", "lower", "dress", "footwear")  # the other region keys are y levels
 
 UPPER_CLASSES = ("t-shirt", "shirt", "longsleeve", "outwear")
 LOWER_CLASSES = ("pants", "shorts", "skirt")
@@ -55,11 +56,11 @@ def whole_photo(image: np.ndarray, classifier=None) -> Garments:
     h, w = image.shape[:2]
     category, label, score = "upper", "unknown", 0.0
     if classifier is not None:
-        probs = classifier.category_probs([image])
+        cls_probs = classifier.classify([image])
+        probs = classifier.category_probs(cls_probs)
         category = max(probs, key=lambda c: probs[c][0])
         score = float(probs[category][0])
-        cls_probs = classifier.classify([image])[0]
-        label = classifier.classes[int(np.argmax(cls_probs))]
+        label = classifier.classes[int(np.argmax(cls_probs[0]))]
     return Garments(np.array([[0, 0, w, h]]), [category], [label], [score], (w, h))
 
 
@@ -123,7 +124,7 @@ class PoseRegionDetector:
         if regions is None:
             return whole_photo(image, self.classifier)
         # keypoints outside the frame (feet, or a guessed body on a product shot) clip to a sliver
-        regions = {k: v for k, v in regions.items() if k.endswith("_y") or _big_enough(v)}
+        regions = {k: v for k, v in regions.items() if k not in BOX_REGIONS or _big_enough(v)}
         if not {"upper", "lower", "dress"} <= set(regions):
             return whole_photo(image, self.classifier)
         return self._label(image, pose, regions, (w, h))

@@ -206,7 +206,7 @@ def _class_accuracy(ours, test_crops, test_labels, queries, query_labels) -> dic
     for name, crops, labels in (("test photos", test_crops, test_labels), ("queries", queries, query_labels)):
         probs = ours.classify(crops)
         pred = [CLASSES[i] for i in probs.argmax(1)]
-        cats = ours.category_probs(crops)
+        cats = ours.category_probs(probs)
         cat_names = list(cats)
         cat_pred = [cat_names[i] for i in np.stack([cats[c] for c in cat_names], 1).argmax(1)]
         keep = [i for i, lab in enumerate(labels) if CLASS_CATEGORY[lab]]

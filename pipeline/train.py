@@ -171,6 +171,8 @@ def train(cfg: TrainConfig) -> Path:
         photos = photos[:: max(1, len(photos) // cfg.subset)][: cfg.subset]
     images = load_small(photos, cfg.longer_side, desc="decode train photos")
     classes = [CLASSES.index(p.label) for p in photos]
+    val_photos = [] if cfg.subset else clothing_split("validation", cfg.data)  # decoded once, not per epoch
+    val_images = load_small(val_photos, cfg.longer_side, desc="decode validation")
     data = TwoViews(images, classes, cfg.image_size, cfg.seed)
     arch = {"backbone": cfg.backbone, "embed_dim": cfg.embed_dim, "num_classes": len(CLASSES),
             "image_size": cfg.image_size}
@@ -229,7 +231,7 @@ def train(cfg: TrainConfig) -> Path:
         record = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0],
                   "seconds": round(time.time() - t0, 1), **{k: v / max(n, 1) for k, v in sums.items()}}
         if not cfg.subset:
-            record.update(validate(model, cfg, device))
+            record.update(validate(model, cfg, device, val_photos, val_images))
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record))
@@ -244,12 +246,10 @@ def train(cfg: TrainConfig) -> Path:
     return release
 
 
-def validate(model, cfg: TrainConfig, device) -> dict:
+def validate(model, cfg: TrainConfig, device, photos, images) -> dict:
     """Recall@1 of held-out-style re-photographs of the validation split, and class accuracy."""
     from pipeline.evaluate import EvalRephoto, embed_tensors, recall_at_k  # noqa: PLC0415 (cycle)
 
-    photos = clothing_split("validation", cfg.data)
-    images = load_small(photos, cfg.longer_side, desc="decode validation")
     model.eval()
     mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
