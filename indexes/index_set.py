@@ -10,11 +10,16 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
-from indexes.category import CategoryIndex
+import numpy as np
+
+from indexes.category import FLAT_LIMIT, Candidate, CategoryIndex
 from pipeline.types import CATEGORIES
+
+FORMAT = 2
 
 
 class IndexMismatch(RuntimeError):
@@ -22,34 +27,76 @@ class IndexMismatch(RuntimeError):
 
 
 class ProductStore:
-    """Product metadata in SQLite (one file beside the indexes)."""
+    """Product metadata in SQLite (one file beside the indexes); safe to share between threads."""
 
-    COLUMNS = ("product_id", "title", "url", "brand", "price", "category", "label", "image", "added")
+    COLUMNS = ("product_id", "title", "url", "brand", "price", "category", "label", "image", "images", "added")
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS products (product_id TEXT PRIMARY KEY, title TEXT, url TEXT, "
-            "brand TEXT, price REAL, category TEXT, label TEXT, image TEXT, added REAL)")
+    def __init__(self, path: Path | str):
+        self.path = path
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(str(path), check_same_thread=False)
+        with self.db:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS products (product_id TEXT PRIMARY KEY, title TEXT, url TEXT, "
+                "brand TEXT, price REAL, category TEXT, label TEXT, image TEXT, images TEXT, added REAL)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS by_brand ON products (category, brand)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS by_price ON products (category, price)")
 
     def put(self, rows: list[dict]) -> None:
+        """Insert or replace products; ``images`` (a list of paths) is stored as JSON."""
         cols = self.COLUMNS
-        with self.db:
+        now = time.time()
+
+        def value(r, c):
+            v = r.get(c)
+            if c == "added":
+                return now if v is None else v
+            return json.dumps(v) if c == "images" and v is not None else v
+
+        with self.lock, self.db:
             self.db.executemany(
                 f"INSERT OR REPLACE INTO products ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                [tuple(r.get(c, time.time() if c == "added" else None) for c in cols) for r in rows])
+                [tuple(value(r, c) for c in cols) for r in rows])
 
     def get(self, product_ids: list[str]) -> dict[str, dict]:
-        if not product_ids:
-            return {}
-        q = f"SELECT * FROM products WHERE product_id IN ({', '.join('?' * len(product_ids))})"
-        cur = self.db.execute(q, product_ids)
-        names = [d[0] for d in cur.description]
-        return {row[0]: dict(zip(names, row)) for row in cur.fetchall()}
+        out: dict[str, dict] = {}
+        for i in range(0, len(product_ids), 500):  # SQLite caps the number of parameters
+            part = list(product_ids[i:i + 500])
+            q = f"SELECT * FROM products WHERE product_id IN ({', '.join('?' * len(part))})"
+            with self.lock:
+                cur = self.db.execute(q, part)
+                names = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            for row in rows:
+                d = dict(zip(names, row))
+                d["images"] = json.loads(d["images"]) if d.get("images") else []
+                out[row[0]] = d
+        return out
+
+    def delete(self, product_ids: list[str]) -> None:
+        with self.lock, self.db:
+            self.db.executemany("DELETE FROM products WHERE product_id = ?", [(p,) for p in product_ids])
+
+    def matching(self, category: str, *, brand: str | list[str] | None = None, price_min: float | None = None,
+                 price_max: float | None = None) -> list[str]:
+        """Product ids of ``category`` that pass the filters (brand is exact, case-insensitive)."""
+        where, args = ["category = ?"], [category]
+        if brand:
+            brands = [brand] if isinstance(brand, str) else list(brand)
+            where.append(f"lower(brand) IN ({', '.join('?' * len(brands))})")
+            args += [b.lower() for b in brands]
+        if price_min is not None:
+            where.append("price >= ?")
+            args.append(float(price_min))
+        if price_max is not None:
+            where.append("price <= ?")
+            args.append(float(price_max))
+        with self.lock:
+            return [r[0] for r in self.db.execute(f"SELECT product_id FROM products WHERE {' AND '.join(where)}", args)]
 
     def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM products").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
@@ -60,14 +107,23 @@ class IndexSet:
 
     ``models`` records, for the recall and rerank embedders, their backend name, dim and the
     sha256 of their weights; ``load`` compares it with the pipeline's and refuses a mismatch.
+
+    Args:
+        factory: ``auto`` (Flat below ``flat_limit`` vectors, IVF-PQ above) or a faiss factory
+            string used for every category built with :meth:`build_category`.
+        nprobe, rescore: search parameters of IVF indexes (see :class:`CategoryIndex`).
     """
 
-    def __init__(self, models: dict, folder: Path | None = None, factory: str = "Flat"):
+    def __init__(self, models: dict, folder: Path | None = None, *, factory: str = "auto",
+                 flat_limit: int = FLAT_LIMIT, nprobe: int = 32, rescore: int = 200):
         self.models = models
+        self.factory, self.flat_limit = factory, flat_limit
         rerank_dim = models.get("rerank", {}).get("dim", 0)
-        self.indexes = {c: CategoryIndex(models["recall"]["dim"], rerank_dim, factory) for c in CATEGORIES}
+        self.indexes = {c: CategoryIndex(models["recall"]["dim"], rerank_dim, "Flat", nprobe=nprobe, rescore=rescore)
+                        for c in CATEGORIES}
         self.folder = folder
         self.store = ProductStore(":memory:" if folder is None else folder / "products.sqlite")
+        self.lock = threading.RLock()  # writers (add/remove/save) against each other and searches
 
     def __getitem__(self, category: str) -> CategoryIndex:
         return self.indexes[category]
@@ -75,20 +131,93 @@ class IndexSet:
     def counts(self) -> dict[str, int]:
         return {c: len(i) for c, i in self.indexes.items()}
 
-    def save(self, folder: Path) -> None:
-        """Write to a temporary sibling, then rename: a crash leaves the old index intact."""
+    # ---- writing ----------------------------------------------------------------------
+    def build_category(self, category: str, product_ids: list[str], vectors: np.ndarray,
+                       rerank: np.ndarray | None = None, *, gpu: bool = False) -> None:
+        """Replace one category with a freshly trained index of these vectors."""
+        old = self.indexes[category]
+        self.indexes[category] = CategoryIndex.build(
+            product_ids, vectors, rerank, factory=self.factory, flat_limit=self.flat_limit, gpu=gpu,
+            nprobe=old.nprobe, rescore=old.rescore)
+
+    def add(self, category: str, products: list[dict], vectors: np.ndarray, rerank: np.ndarray | None = None) -> None:
+        """Add products (store rows with at least ``product_id``) to one category, no rebuild.
+
+        A product id already present anywhere is replaced, even under another category.
+        """
+        ids = [p["product_id"] for p in products]
+        with self.lock:
+            for c, index in self.indexes.items():
+                if c != category:
+                    index.remove(ids)
+            self.indexes[category].add(ids, vectors, rerank)
+            self.store.put([{**p, "category": category} for p in products])
+
+    def remove(self, product_ids: list[str]) -> int:
+        """Take products out of the indexes and the store; returns how many were indexed."""
+        with self.lock:
+            n = sum(index.remove(product_ids) for index in self.indexes.values())
+            self.store.delete(product_ids)
+        return n
+
+    def maintain(self, *, force: bool = False, growth: float = 2.0, factory: str | None = None,
+                 gpu: bool = False) -> dict[str, str]:
+        """Compact tombstones and retrain quantizers that are due (or all, with ``force``).
+
+        Returns what was done per category.
+        """
+        done = {}
+        with self.lock:
+            for c, index in self.indexes.items():
+                if force or index.needs_retrain(self.flat_limit, growth):
+                    f = index.retrain(factory or self.factory, self.flat_limit, gpu=gpu)
+                    done[c] = f"retrained as {f} on {len(index)} vectors"
+                elif index.dead:
+                    done[c] = f"compacted {index.compact()} tombstones"
+                else:
+                    done[c] = f"kept {index.factory} ({len(index)} vectors)"
+        return done
+
+    # ---- searching --------------------------------------------------------------------
+    def allowed_rows(self, category: str, filters: dict | None) -> np.ndarray | None:
+        """Rows of ``category`` that pass ``filters`` ({brand, price_min, price_max}); None = all."""
+        filters = {k: v for k, v in (filters or {}).items() if v not in (None, "", [])}
+        if not filters:
+            return None
+        unknown = set(filters) - {"brand", "price_min", "price_max"}
+        if unknown:
+            raise ValueError(f"unknown filter(s) {sorted(unknown)}: use brand, price_min, price_max")
+        row_of = self.indexes[category].row_of()
+        ids = self.store.matching(category, **filters)
+        return np.array([row_of[p] for p in ids if p in row_of], np.int64)
+
+    def search(self, category: str, query: np.ndarray, k: int, *, rerank_query: np.ndarray | None = None,
+               k_recall: int = 50, rerank_weight: float = 0.5, filters: dict | None = None) -> list[Candidate]:
+        with self.lock:
+            return self.indexes[category].search(query, k, rerank_query=rerank_query, k_recall=k_recall,
+                                                 rerank_weight=rerank_weight, allow=self.allowed_rows(category, filters))
+
+    # ---- persistence ------------------------------------------------------------------
+    def manifest(self) -> dict:
+        return {"format": FORMAT, "models": self.models, "counts": self.counts(),
+                "indexes": {c: i.meta() for c, i in self.indexes.items()},
+                "factory": self.factory, "flat_limit": self.flat_limit,
+                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+    def save(self, folder: Path | str) -> None:
+        """Write to a temporary sibling, fsync, then rename: a crash leaves the old index intact."""
         folder = Path(folder)
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for c, index in self.indexes.items():
-            index.save(tmp / c)
-        dst = ProductStore(tmp / "products.sqlite")
-        with dst.db:
-            self.store.db.backup(dst.db)
-        dst.close()
-        manifest = {"models": self.models, "counts": self.counts(), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        with self.lock:
+            for c, index in self.indexes.items():
+                index.save(tmp / c)
+            dst = ProductStore(tmp / "products.sqlite")
+            with self.store.lock, dst.db:
+                self.store.db.backup(dst.db)
+            dst.close()
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest(), indent=2))
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
@@ -97,22 +226,50 @@ class IndexSet:
         shutil.rmtree(old, ignore_errors=True)
         if folder.exists():
             os.replace(folder, old)
-        os.replace(tmp, folder)
+        os.replace(tmp, folder)  # the manifest's presence marks a complete index
+        _fsync_dir(folder.parent)
         shutil.rmtree(old, ignore_errors=True)
+        with self.lock:  # later writes go to the saved folder's store, not the deleted old one
+            self.store.close()
+            self.store, self.folder = ProductStore(folder / "products.sqlite"), folder
 
     @classmethod
-    def load(cls, folder: Path, expect_models: dict | None = None) -> IndexSet:
+    def load(cls, folder: Path | str, expect_models: dict | None = None, *, mmap: bool = True) -> IndexSet:
+        """Open a saved set; ``mmap`` leaves vectors on disk until a search reads them."""
         folder = Path(folder)
+        _recover(folder)
         mpath = folder / "manifest.json"
         if not mpath.is_file():
             raise FileNotFoundError(f"no index at {folder}: build one with `shopfluence index CATALOG_FOLDER --out {folder}`")
         manifest = json.loads(mpath.read_text())
+        if manifest.get("format", 1) != FORMAT:
+            raise IndexMismatch(f"the index at {folder} has format {manifest.get('format', 1)}, this version reads "
+                                f"{FORMAT}: rebuild it with `shopfluence index ... --out {folder}`")
         if expect_models is not None and manifest["models"] != expect_models:
             raise IndexMismatch(
                 f"the index at {folder} was built with {manifest['models']} but the pipeline uses "
                 f"{expect_models}: rebuild it with `shopfluence index ... --out {folder}`")
         self = cls.__new__(cls)
         self.models, self.folder = manifest["models"], folder
-        self.indexes = {c: CategoryIndex.load(folder / c) for c in CATEGORIES}
+        self.factory, self.flat_limit = manifest.get("factory", "auto"), manifest.get("flat_limit", FLAT_LIMIT)
+        self.indexes = {c: CategoryIndex.load(folder / c, mmap=mmap) for c in CATEGORIES}
         self.store = ProductStore(folder / "products.sqlite")
+        self.lock = threading.RLock()
         return self
+
+
+def _recover(folder: Path) -> None:
+    """A save killed between its two renames leaves only ``<name>.old``: put it back."""
+    old = folder.with_name(folder.name + ".old")
+    if not (folder / "manifest.json").is_file() and (old / "manifest.json").is_file():
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(old, folder)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from detectors.garments import whole_photo
@@ -32,7 +33,10 @@ def index_folder(folder: str | Path, out: str | Path, config: dict, *, batch: in
     """Embed every photo under ``folder/<class>/`` and save an IndexSet at ``out``."""
     models = build_models(config)
     embedder, reranker, classifier = models["embedder"], models["reranker"], models["classifier"]
-    index = IndexSet(model_signature(embedder, reranker))
+    icfg = config["index"]
+    index = IndexSet(model_signature(embedder, reranker), factory=icfg["factory"], flat_limit=icfg["flat_limit"],
+                     nprobe=icfg["nprobe"], rescore=icfg["rescore"])
+    parts: dict[str, list] = {c: [] for c in CATEGORIES}  # (ids, vectors, rerank) batches per category
     photos = list_photos(folder)
     if limit_per_class:
         photos = sample_per_class(photos, limit_per_class)
@@ -62,10 +66,15 @@ def index_folder(folder: str | Path, out: str | Path, config: dict, *, batch: in
         for cat in CATEGORIES:
             sel = [i for i, r in enumerate(rows) if r["category"] == cat]
             if sel:
-                index[cat].add([rows[i]["product_id"] for i in sel], vectors[sel],
-                               None if rerank is None else rerank[sel])
+                parts[cat].append(([rows[i]["product_id"] for i in sel], vectors[sel],
+                                   None if rerank is None else rerank[sel]))
                 report.added[cat] += len(sel)
         index.store.put(rows)
+    gpu = icfg.get("gpu", "auto") in ("auto", True)
+    for cat, batches in parts.items():
+        if batches:  # one build per category, so the factory fits the final size
+            index.build_category(cat, [p for b in batches for p in b[0]], np.concatenate([b[1] for b in batches]),
+                                 None if reranker is None else np.concatenate([b[2] for b in batches]), gpu=gpu)
     index.save(Path(out))
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)

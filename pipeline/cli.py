@@ -1,4 +1,4 @@
-"""``shopfluence`` command line: look, index, train, eval, weights."""
+"""``shopfluence`` command line: look, index, reindex, train, eval, weights."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=DEFAULT_INDEX)
     p.add_argument("--per-class", type=int, default=0, help="index at most N photos of each class")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("reindex", help="compact removed products and retrain quantizers that are due")
+    p.add_argument("index", nargs="?", default=DEFAULT_INDEX)
+    p.add_argument("--force", action="store_true", help="retrain every category now")
+    p.add_argument("--factory", help="faiss factory string instead of the config's (auto: by size)")
+    p.set_defaults(func=cmd_reindex)
 
     p = sub.add_parser("train", help="train our re-identification model (see pipeline/train.py)")
     p.add_argument("--train-config", help="TOML with TrainConfig fields")
@@ -115,6 +121,20 @@ def cmd_index(args) -> int:
     print(f"indexed {sum(report.added.values())} products into {args.out}: "
           + ", ".join(f"{c} {n}" for c, n in report.added.items())
           + f"; skipped {len(report.skipped)}")
+    return 0
+
+
+def cmd_reindex(args) -> int:
+    from indexes.index_set import IndexSet  # noqa: PLC0415
+
+    icfg = _config(args)["index"]
+    index = IndexSet.load(Path(args.index), mmap=False)
+    index.flat_limit = icfg["flat_limit"]
+    done = index.maintain(force=args.force, growth=icfg["retrain_growth"], factory=args.factory or icfg["factory"],
+                          gpu=icfg.get("gpu", "auto") in ("auto", True))
+    index.save(Path(args.index))
+    for category, what in done.items():
+        print(f"{category:9s} {what}")
     return 0
 
 

@@ -16,6 +16,10 @@ DEFAULTS = {
     # dinov2: {"backend": "dinov2", "weights": "dinov2-vits14", "arch": "vit_small_patch14_dinov2"}
     "reranker": {"backend": "reid", "weights": "reid-v1", "image_size": 144},
     "search": {"k": 5, "k_recall": 50, "rerank_weight": 0.5},
+    # factory "auto": Flat below flat_limit vectors a category, IVF-PQ fast-scan above (indexes/category.py);
+    # nprobe and rescore apply to IVF indexes; `shopfluence reindex` retrains past retrain_growth x
+    "index": {"factory": "auto", "flat_limit": 50_000, "nprobe": 32, "rescore": 200, "retrain_growth": 2.0,
+              "gpu": "auto"},
     "device": "auto",
 }
 

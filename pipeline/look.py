@@ -70,6 +70,14 @@ def model_signature(embedder, reranker) -> dict:
     return sig
 
 
+def apply_index_config(index: IndexSet, cfg: dict) -> None:
+    """Search parameters from config, and the GPU when asked for ("auto": when faiss sees one)."""
+    for c in CATEGORIES:
+        index[c].set_params(nprobe=cfg["nprobe"], rescore=cfg["rescore"])
+        if cfg.get("gpu", "auto") in ("auto", True):
+            index[c].use_gpu()
+
+
 class ShopTheLook:
     """The query side. Build with :meth:`from_config`, call :meth:`look` on an RGB photo."""
 
@@ -87,10 +95,11 @@ class ShopTheLook:
         cfg = config or load_config()
         models = build_models(cfg)
         index = IndexSet.load(Path(index_dir), model_signature(models["embedder"], models["reranker"]))
+        apply_index_config(index, cfg["index"])
         return cls(models, index, cfg["search"])
 
     def look(self, image: np.ndarray, *, k: int | None = None, categories=CATEGORIES,
-             category: str | None = None) -> LookResult:
+             category: str | None = None, filters: dict | None = None) -> LookResult:
         """Find the garments of an RGB uint8 (H, W, 3) photo and their catalog matches.
 
         Args:
@@ -98,6 +107,7 @@ class ShopTheLook:
             categories: only garments of these categories are searched.
             category: for a photo without a person (one product), the category when the caller
                 knows it (a product page); otherwise our class head decides.
+            filters: {brand, price_min, price_max} applied to every garment's matches.
         """
         k = k or self.search["k"]
         timings: dict[str, float] = {}
@@ -123,15 +133,15 @@ class ShopTheLook:
         with stage("rerank_embed"):
             rerank = self.reranker.embed(crops) if self.reranker is not None else None
         with stage("search"):
-            matches = self._search(garments, vectors, rerank, k)
+            matches = self._search(garments, vectors, rerank, k, filters)
         return LookResult(verdict, garments, matches, timings)
 
-    def _search(self, garments: Garments, vectors, rerank, k: int) -> list[list[Match]]:
+    def _search(self, garments: Garments, vectors, rerank, k: int, filters: dict | None) -> list[list[Match]]:
         out = []
         for i, g in enumerate(garments):
-            cands = self.index[g.category].search(
-                vectors[i], k, rerank_query=None if rerank is None else rerank[i],
-                k_recall=self.search["k_recall"], rerank_weight=self.search["rerank_weight"])
+            cands = self.index.search(
+                g.category, vectors[i], k, rerank_query=None if rerank is None else rerank[i],
+                k_recall=self.search["k_recall"], rerank_weight=self.search["rerank_weight"], filters=filters)
             meta = self.index.store.get([c.product_id for c in cands])
             out.append([Match(c.product_id, c.score, c.recall_score, c.rerank_score, meta.get(c.product_id, {}))
                         for c in cands])

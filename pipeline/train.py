@@ -274,8 +274,12 @@ def _gallery_view(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _run_identity(cfg: dict) -> dict:
-    """The options that must match to resume (how long or where a run goes may change)."""
-    return {k: v for k, v in cfg.items() if k not in ("max_steps", "workers", "device")}
+    """The options that must match to resume (how long or where a run goes may change).
+
+    ``epochs`` may grow: a finished run is extended, its cosine schedule recomputed over the
+    new length from the step it reached (a warm restart).
+    """
+    return {k: v for k, v in cfg.items() if k not in ("epochs", "out", "max_steps", "workers", "device")}
 
 
 def _atomic_save(obj, path: Path) -> None:
