@@ -88,14 +88,14 @@ def qps(index: CategoryIndex, queries: np.ndarray, batch: int = 64) -> float:
 def cold_load(folder: Path) -> dict:
     """Load in a fresh interpreter: seconds to open, and resident memory it added, per vector."""
     code = (
-        "import sys, time, json, os; sys.path.insert(0, %r)\n"
+        f"import sys, time, json, os; sys.path.insert(0, {str(ROOT)!r})\n"
         "from indexes.category import CategoryIndex\nimport numpy as np\n"
         "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
         "r0 = rss()\n"
-        "t = time.perf_counter(); ix = CategoryIndex.load(__import__('pathlib').Path(%r))\n"
+        f"t = time.perf_counter(); ix = CategoryIndex.load(__import__('pathlib').Path({str(folder)!r}))\n"
         "s = time.perf_counter() - t; ix.search(np.ones(ix.dim, np.float32) / ix.dim ** 0.5, 10)\n"
         "print(json.dumps({'load_s': s, 'rss_bytes': rss() - r0,"
-        " 'n': len(ix)}))\n") % (str(ROOT), str(folder))
+        " 'n': len(ix)}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -164,7 +164,7 @@ def main() -> None:
         cold = cold_load(folder)
     recall_bytes = disk["recall.faiss"] / args.n
 
-    print(f"\n| index | build s | recall@10 | p50 ms (batch 1) | p95 ms | q/s (batch 64) | bytes/vector |")
+    print("\n| index | build s | recall@10 | p50 ms (batch 1) | p95 ms | q/s (batch 64) | bytes/vector |")
     print("|---|---|---|---|---|---|---|")
     print(f"| Flat (exact) | {flat_build:.1f} | 1.000 | {flat_p50:.2f} | {flat_p95:.2f} | {flat_qps64:.0f} | {flat_bytes:.0f} |")
     for r in table:

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from indexes.category import FLAT_LIMIT, CategoryIndex, Rows, choose_factory, training_sample, train_faiss_index
+from indexes.category import FLAT_LIMIT, CategoryIndex, Rows, choose_factory, train_faiss_index, training_sample
 
 
 def add_shard(empty_index: str, vectors_npy: str, start: int, stop: int, out: str, threads: int = 1) -> str:
