@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.images import crop_masked
+from pipeline.images import ImageError, crop_masked
 from pipeline.types import Garments, PoseVerdict
 
 # Detector label sets -> our categories (None: not a garment we index).
@@ -62,6 +62,24 @@ def whole_photo(image: np.ndarray, classifier=None) -> Garments:
         score = float(probs[category][0])
         label = classifier.classes[int(np.argmax(cls_probs[0]))]
     return Garments(np.array([[0, 0, w, h]]), [category], [label], [score], (w, h))
+
+
+def region(image: np.ndarray, box, classifier=None, category: str | None = None) -> Garments:
+    """A region the user drew, as one garment: our class head (or ``category``) names it.
+
+    Raises:
+        ImageError: the box is outside the image or too small to hold a garment.
+    """
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    x0, x1 = sorted((min(max(x0, 0), w), min(max(x1, 0), w)))
+    y0, y1 = sorted((min(max(y0, 0), h), min(max(y1, 0), h)))
+    if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
+        raise ImageError(f"box {list(box)} holds less than {MIN_BOX_SIDE} px a side inside the {w}x{h} photo",
+                         "too_small")
+    one = whole_photo(image[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))], classifier)
+    cat = category or str(one.categories[0])
+    return Garments(np.array([[x0, y0, x1, y1]]), [cat], [str(one.labels[0])], [float(one.scores[0])], (w, h))
 
 
 class YoloGarmentDetector:

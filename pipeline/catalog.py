@@ -7,6 +7,7 @@ and skipped, never fatal.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from detectors.garments import whole_photo
 from indexes.index_set import IndexSet
 from pipeline.dataset import list_photos
-from pipeline.images import ImageError, load_image
+from pipeline.images import ImageError, crop_masked, load_image
 from pipeline.look import build_models, model_signature
 from pipeline.types import CATEGORIES
 
@@ -79,6 +80,61 @@ def index_folder(folder: str | Path, out: str | Path, config: dict, *, batch: in
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return report
+
+
+@dataclass
+class ProductVectors:
+    """What the catalog stages make of one product's photos."""
+
+    category: str
+    label: str
+    vector: np.ndarray  # (d,) mean of the photos' unit embeddings, re-normalised
+    rerank: np.ndarray | None
+    tags: list[dict]  # per photo: category, label, box (xyxy pixels), score
+
+
+def product_vectors(models: dict, images: list[np.ndarray], category: str | None = None) -> ProductVectors:
+    """The catalog stages for one product: per photo, find the garment (the person's garment of
+    ``category``, or the largest one; the whole photo when nobody wears it), mask, crop and
+    embed; several photos are averaged into one vector.
+
+    Raises:
+        ValueError: no garment of ``category`` is found in any photo.
+    """
+    if category is not None and category not in CATEGORIES:
+        raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
+    crops, tags = [], []
+    for image in images:
+        verdict = models["pose"].check(image)
+        if verdict.person:
+            garments = models["detector"].detect(image, verdict)
+            if category is not None:
+                garments = garments[np.asarray(garments.categories) == category]
+            if not len(garments):
+                continue
+            areas = (garments.boxes[:, 2] - garments.boxes[:, 0]) * (garments.boxes[:, 3] - garments.boxes[:, 1])
+            garments = models["masker"].mask(image, garments[[int(np.argmax(areas))]], verdict)
+        else:
+            garments = whole_photo(image, models["classifier"])
+            if category is not None:
+                garments = dataclasses.replace(garments, categories=[category])
+        g = garments[0]
+        crops.append(crop_masked(image, g.box, g.mask, models["embedder"].preprocess.fill))
+        tags.append({"category": g.category, "label": g.label, "box": [round(float(v), 1) for v in g.box],
+                     "score": round(float(g.score), 4)})
+    if not crops:
+        raise ValueError(f"no {category or 'garment'} found in the {len(images)} photo(s)")
+    cats = [t["category"] for t in tags]
+    chosen = category or max(set(cats), key=cats.count)
+    keep = [i for i, c in enumerate(cats) if c == chosen]
+    vector = _mean_unit(models["embedder"].embed([crops[i] for i in keep]))
+    rerank = None if models["reranker"] is None else _mean_unit(models["reranker"].embed([crops[i] for i in keep]))
+    return ProductVectors(chosen, tags[keep[0]]["label"], vector, rerank, tags)
+
+
+def _mean_unit(vectors: np.ndarray) -> np.ndarray:
+    v = vectors.mean(axis=0)
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 def sample_per_class(photos, n: int):

@@ -27,13 +27,22 @@ MIN_SIDE = 16
 
 
 class ImageError(ValueError):
-    """The input is not an image we can use; the message says why and what to do."""
+    """The input is not an image we can use; the message says why and what to do.
+
+    ``kind`` says which way it failed (the HTTP API maps it to a status): ``empty``, ``type`` (not an
+    image format we read), ``too_large`` (pixels over the limit), ``too_small``, ``corrupt``
+    (truncated or undecodable), ``unreadable`` (the file cannot be opened).
+    """
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def sniff_format(head: bytes) -> str:
     """Image format from the first bytes of a file, or raise ImageError naming what it is."""
     if len(head) == 0:
-        raise ImageError("empty file: send a JPEG, PNG or WebP photo")
+        raise ImageError("empty file: send a JPEG, PNG or WebP photo", "empty")
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name
@@ -41,10 +50,10 @@ def sniff_format(head: bytes) -> str:
         return "WEBP"
     for magic, what in _KNOWN_OTHER:
         if head.lstrip().startswith(magic):
-            raise ImageError(f"this is {what}, not an image: send a JPEG, PNG or WebP photo")
+            raise ImageError(f"this is {what}, not an image: send a JPEG, PNG or WebP photo", "type")
     if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        raise ImageError("this is a text file, not an image: send a JPEG, PNG or WebP photo")
-    raise ImageError("unrecognised file content: send a JPEG, PNG or WebP photo")
+        raise ImageError("this is a text file, not an image: send a JPEG, PNG or WebP photo", "type")
+    raise ImageError("unrecognised file content: send a JPEG, PNG or WebP photo", "type")
 
 
 def load_image(
@@ -75,10 +84,9 @@ def load_image(
             if w * h > max_pixels:
                 raise ImageError(
                     f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP "
-                    "limit: send a smaller photo"
-                )
+                    "limit: send a smaller photo", "too_large")
             if min(w, h) < min_side:
-                raise ImageError(f"image is {w}x{h}: at least {min_side} px a side is needed")
+                raise ImageError(f"image is {w}x{h}: at least {min_side} px a side is needed", "too_small")
             if fmt == "JPEG":  # decode at a reduced scale when we will downscale anyway
                 img.draft("RGB", (max_side, max_side))
             img.load()
@@ -87,7 +95,8 @@ def load_image(
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image is over the {max_pixels / 1e6:.0f} MP limit ({e}): send a smaller photo") from e
+        raise ImageError(f"image is over the {max_pixels / 1e6:.0f} MP limit ({e}): send a smaller photo",
+                         "too_large") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"cannot decode this {fmt} file ({e}); it may be truncated or corrupt") from e
     if max(img.size) > max_side:
@@ -100,7 +109,7 @@ def _read(path) -> bytes:
         with open(path, "rb") as f:
             return f.read(256 * 1024 * 1024)
     except OSError as e:
-        raise ImageError(f"cannot read {path}: {e.strerror}") from e
+        raise ImageError(f"cannot read {path}: {e.strerror}", "unreadable") from e
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -138,7 +147,7 @@ def crop_masked(
     x0, y0 = max(0, int(x0 - px)), max(0, int(y0 - py))
     x1, y1 = min(w, int(np.ceil(x1 + px))), min(h, int(np.ceil(y1 + py)))
     if x1 - x0 < 2 or y1 - y0 < 2:
-        raise ImageError(f"box {box} is empty inside a {w}x{h} image")
+        raise ImageError(f"box {box} is empty inside a {w}x{h} image", "too_small")
     crop = image[y0:y1, x0:x1].copy()
     if mask is not None:
         m = mask[y0:y1, x0:x1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors.embedders import build_embedder
-from detectors.garments import build_garment_detector
+from detectors.garments import build_garment_detector, region
 from detectors.masks import build_masker
 from detectors.pose import build_pose_checker
 from indexes.index_set import IndexSet
@@ -82,11 +82,13 @@ class ShopTheLook:
     """The query side. Build with :meth:`from_config`, call :meth:`look` on an RGB photo."""
 
     def __init__(self, models: dict, index: IndexSet, search: dict):
+        self.models = models
         self.pose = models["pose"]
         self.detector = models["detector"]
         self.masker = models["masker"]
         self.embedder = models["embedder"]
         self.reranker = models["reranker"]
+        self.classifier = models.get("classifier")
         self.index = index
         self.search = search
 
@@ -99,7 +101,7 @@ class ShopTheLook:
         return cls(models, index, cfg["search"])
 
     def look(self, image: np.ndarray, *, k: int | None = None, categories=CATEGORIES,
-             category: str | None = None, filters: dict | None = None) -> LookResult:
+             category: str | None = None, filters: dict | None = None, box=None) -> LookResult:
         """Find the garments of an RGB uint8 (H, W, 3) photo and their catalog matches.
 
         Args:
@@ -108,6 +110,8 @@ class ShopTheLook:
             category: for a photo without a person (one product), the category when the caller
                 knows it (a product page); otherwise our class head decides.
             filters: {brand, price_min, price_max} applied to every garment's matches.
+            box: x0, y0, x1, y1 pixels of a region the user drew: it is searched as the one
+                garment (``category`` or our class head names it) instead of detecting garments.
         """
         k = k or self.search["k"]
         timings: dict[str, float] = {}
@@ -121,7 +125,10 @@ class ShopTheLook:
         with stage("pose"):
             verdict = self.pose.check(image)
         with stage("detect"):
-            garments = self.detector.detect(image, verdict)
+            if box is not None:
+                garments = region(image, box, self.classifier, category)
+            else:
+                garments = self.detector.detect(image, verdict)
             if category is not None and not verdict.person:
                 garments = dataclasses.replace(garments, categories=[category] * len(garments))
             garments = garments[np.isin(garments.categories, list(categories))]
@@ -135,6 +142,28 @@ class ShopTheLook:
         with stage("search"):
             matches = self._search(garments, vectors, rerank, k, filters)
         return LookResult(verdict, garments, matches, timings)
+
+    def similar(self, product_id: str, k: int | None = None, filters: dict | None = None) -> tuple[str, list[Match]]:
+        """"More like this": the products nearest to an indexed product, itself excluded.
+
+        Returns (its category, matches). Raises KeyError when the product is not indexed.
+        """
+        k = k or self.search["k"]
+        index = self.index
+        category = next((c for c in CATEGORIES if product_id in index[c]), None)
+        if category is None:
+            raise KeyError(product_id)
+        ci = index[category]
+        row = np.array([ci.row_of()[product_id]])
+        vec = ci.vectors.take(row)[0].astype(np.float32)
+        rr = ci.rerank.take(row)[0].astype(np.float32) if ci.rerank_dim else None
+        cands = index.search(category, vec / np.linalg.norm(vec), k + 1, rerank_query=rr,
+                             k_recall=self.search["k_recall"], rerank_weight=self.search["rerank_weight"],
+                             filters=filters)
+        cands = [c for c in cands if c.product_id != product_id][:k]
+        meta = index.store.get([c.product_id for c in cands])
+        return category, [Match(c.product_id, c.score, c.recall_score, c.rerank_score, meta.get(c.product_id, {}))
+                          for c in cands]
 
     def _search(self, garments: Garments, vectors, rerank, k: int, filters: dict | None) -> list[list[Match]]:
         out = []
