@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify, url_for
 from werkzeug.exceptions import NotFound
 
 from api import inputs, metrics
+from api.encode import look_json
 from api.ops import service
 
 bp = Blueprint("looks", __name__, url_prefix="/v1")
@@ -32,15 +33,11 @@ def create_look():
     only = opts["garment"]
     if only is not None and only >= len(result.garments):
         raise NotFound(f"garment {only} does not exist: this photo has {len(result.garments)} garment(s)")
-    return jsonify(inputs_echo(opts) | _look(result, only))
+    return jsonify({"query": _echo(opts)} | look_json(result, product_image_url, only))
 
 
-def _look(result, only):
-    from api.encode import look_json  # noqa: PLC0415
-
-    return look_json(result, product_image_url, only)
-
-
-def inputs_echo(opts: dict) -> dict:
-    return {"query": {k: v for k, v in opts.items() if v not in (None, {}, []) and
-                      not (k == "filters" and not any(opts["filters"].values()))}}
+def _echo(opts: dict) -> dict:
+    """The options the request set (unset ones and an all-empty filter left out)."""
+    filters = {k: v for k, v in opts["filters"].items() if v is not None}
+    echo = {k: v for k, v in opts.items() if k != "filters" and v is not None}
+    return echo | ({"filters": filters} if filters else {})

@@ -83,9 +83,9 @@ def add():
     photos = inputs.images(data, current_app.config["SHOPFLUENCE"]["api"]["max_images_per_product"])
     try:
         record = s.add_product(product, photos, category)
-    except ValueError as e:
-        if isinstance(e, ImageError):
-            raise
+    except ImageError:
+        raise  # its own status (a box or photo too small ...)
+    except ValueError as e:  # no garment of that category in the photos
         raise UnprocessableEntity(str(e)) from e
     record = {k: v for k, v in record.items() if k not in ("image", "images")}
     return jsonify(product=record | {"image": product_image_url(record["product_id"])}), 201

@@ -28,7 +28,7 @@ def text():
         raise NotImplementedHTTP(f"text search needs an embedder with a text tower (fashion-clip); this "
                                  f"server's recall embedder is {shop.embedder.name!r}, which has none")
     opts = inputs.search_options(data)
-    category = opts["category"] or inputs.category(data) or "upper"
+    category = opts["category"] or "upper"
     vec = s.run(shop.embedder.embed_text, [query])[0]
     cands = shop.index.search(category, vec, opts["k"] or shop.search["k"], filters=opts["filters"])
     meta = shop.index.store.get([c.product_id for c in cands])

@@ -71,10 +71,8 @@ def region(image: np.ndarray, box, classifier=None, category: str | None = None)
         ImageError: the box is outside the image or too small to hold a garment.
     """
     h, w = image.shape[:2]
-    x0, y0, x1, y1 = (float(v) for v in box)
-    x0, x1 = sorted((min(max(x0, 0), w), min(max(x1, 0), w)))
-    y0, y1 = sorted((min(max(y0, 0), h), min(max(y1, 0), h)))
-    if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
+    x0, y0, x1, y1 = _clip(box, w, h)
+    if not _big_enough((x0, y0, x1, y1)):
         raise ImageError(f"box {list(box)} holds less than {MIN_BOX_SIDE} px a side inside the {w}x{h} photo",
                          "too_small")
     one = whole_photo(image[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))], classifier)

@@ -87,6 +87,14 @@ def train_faiss_index(dim: int, factory: str, sample: np.ndarray, *, gpu: bool =
     return index
 
 
+def trained_empty(dim: int, factory: str, vectors, *, gpu: bool = False) -> tuple[faiss.Index, int]:
+    """(an empty index of ``factory`` ready for adds, how many vectors it was trained on: 0 for Flat)."""
+    index = new_faiss_index(dim, factory)
+    if index.is_trained:
+        return index, 0
+    return train_faiss_index(dim, factory, training_sample(vectors, _nlist(index)), gpu=gpu), len(vectors)
+
+
 def training_sample(vectors, nlist: int, seed: int = 0) -> np.ndarray:
     """40 points per list (faiss warns below 39; more costs k-means time, not recall), no repeats."""
     n = len(vectors)
@@ -97,6 +105,11 @@ def training_sample(vectors, nlist: int, seed: int = 0) -> np.ndarray:
 
 def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def gpu_wanted(cfg: dict) -> bool:
+    """The config's ``index.gpu``: "auto" or true use a GPU when faiss sees one."""
+    return cfg.get("gpu", "auto") in ("auto", True)
 
 
 class Rows:
@@ -225,9 +238,7 @@ class CategoryIndex:
         if factory == "auto":
             factory = choose_factory(len(vectors), dim, flat_limit)
         self = cls(dim, rerank_dim, factory, **params)
-        if not self.index.is_trained:
-            self.index = train_faiss_index(dim, factory, training_sample(vectors, _nlist(self.index)), gpu=gpu)
-            self.trained_on = len(vectors)
+        self.index, self.trained_on = trained_empty(dim, factory, vectors, gpu=gpu)
         self.add(product_ids, vectors, rerank)
         return self
 
@@ -236,6 +247,18 @@ class CategoryIndex:
 
         A product id already in the index is replaced (its old row becomes a tombstone).
         """
+        vectors = self.check_rows(product_ids, vectors, rerank)
+        if not self.index.is_trained:
+            raise RuntimeError(f"the {self.factory} index is not trained: use CategoryIndex.build or retrain")
+        self.remove([p for p in product_ids if p in self.row_of()])
+        first = len(self.ids)
+        rows = np.arange(first, first + len(product_ids), dtype=np.int64)
+        for i in range(0, len(rows), ADD_CHUNK):
+            self.index.add_with_ids(np.ascontiguousarray(vectors[i:i + ADD_CHUNK], np.float32), rows[i:i + ADD_CHUNK])
+        self.append_rows(product_ids, vectors, rerank)
+
+    def check_rows(self, product_ids: list[str], vectors, rerank) -> np.ndarray:
+        """Raise ValueError unless the shapes fit this index and the ids are unique; returns the vectors."""
         n = len(product_ids)
         vectors = np.asarray(vectors)
         if vectors.shape != (n, self.dim):
@@ -244,17 +267,18 @@ class CategoryIndex:
             raise ValueError(f"rerank vectors must be ({n}, {self.rerank_dim})")
         if len(set(product_ids)) != n:
             raise ValueError("duplicate product ids in one add")
-        if not self.index.is_trained:
-            raise RuntimeError(f"the {self.factory} index is not trained: use CategoryIndex.build or retrain")
-        self.remove([p for p in product_ids if p in self.row_of()])
-        first = len(self.ids)
-        rows = np.arange(first, first + n, dtype=np.int64)
-        for i in range(0, n, ADD_CHUNK):
-            self.index.add_with_ids(np.ascontiguousarray(vectors[i:i + ADD_CHUNK], np.float32), rows[i:i + ADD_CHUNK])
+        return vectors
+
+    def append_rows(self, product_ids: list[str], vectors: np.ndarray, rerank: np.ndarray | None) -> None:
+        """Store the rows whose codes the FAISS index already holds under ids len(self.ids)...
+
+        Used by :meth:`add` and by a sharded build, whose merged index was filled elsewhere.
+        """
+        first, n = len(self.ids), len(product_ids)
         self.ids.append(np.asarray(product_ids, dtype=str))
-        self.vectors.append(vectors.astype(np.float16))
-        self.rerank.append(np.zeros((n, 0), np.float16) if not self.rerank_dim else rerank.astype(np.float16))
-        self.row_of().update(zip(product_ids, rows.tolist()))
+        self.vectors.append(np.asarray(vectors).astype(np.float16))
+        self.rerank.append(np.zeros((n, 0), np.float16) if not self.rerank_dim else np.asarray(rerank).astype(np.float16))
+        self.row_of().update(zip(product_ids, range(first, first + n)))
         self._gpu_index = None
 
     def remove(self, product_ids: list[str]) -> int:
@@ -293,10 +317,8 @@ class CategoryIndex:
         live = self.live_rows()
         if factory == "auto":
             factory = choose_factory(len(live), self.dim, flat_limit)
-        probe = new_faiss_index(self.dim, factory)
-        index = probe if probe.is_trained else train_faiss_index(
-            self.dim, factory, training_sample(_RowView(self.vectors, live), _nlist(probe)), gpu=gpu)
-        self.factory, self.trained_on = factory, (0 if probe.is_trained else len(live))
+        index, self.trained_on = trained_empty(self.dim, factory, _RowView(self.vectors, live), gpu=gpu)
+        self.factory = factory
         self._refill(live, index)
         return factory
 
@@ -441,9 +463,10 @@ class CategoryIndex:
         self.rerank = Rows(_load_npy(folder / "rerank.npy", mmap))
         self.ids = Rows(_load_npy(folder / "ids.npy", mmap))
         self.dead = set(np.load(folder / "tombstones.npy").tolist())
-        if self.index.ntotal != (len(self) if self._faiss_removes else len(self.ids)):
+        expected = len(self) if self._faiss_removes else len(self.ids)
+        if self.index.ntotal != expected:
             raise RuntimeError(f"{folder}: the FAISS index holds {self.index.ntotal} vectors but the "
-                               f"rows say {len(self)}; rebuild it with `shopfluence reindex --force`")
+                               f"rows say {expected}; rebuild it with `shopfluence reindex --force`")
         return self
 
 

@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from indexes.category import FLAT_LIMIT, CategoryIndex, Rows, choose_factory, train_faiss_index, training_sample
+from indexes.category import FLAT_LIMIT, CategoryIndex, choose_factory, trained_empty
 
 
 def add_shard(empty_index: str, vectors_npy: str, start: int, stop: int, out: str, threads: int = 1) -> str:
@@ -56,9 +56,9 @@ def build_sharded(product_ids: list[str], vectors: np.ndarray, rerank: np.ndarra
     n, dim = vectors.shape
     if factory == "auto":
         factory = choose_factory(n, dim, flat_limit)
-    probe = CategoryIndex(dim, 0, factory)
-    empty = probe.index if probe.index.is_trained else train_faiss_index(
-        dim, factory, training_sample(vectors, faiss.extract_index_ivf(probe.index).nlist), gpu=gpu)
+    out = CategoryIndex(dim, 0 if rerank is None else rerank.shape[1], factory, **params)
+    out.check_rows(product_ids, vectors, rerank)  # before the expensive part
+    empty, out.trained_on = trained_empty(dim, factory, vectors, gpu=gpu)
     work = Path(tempfile.mkdtemp(prefix="shards-", dir=workdir))
     try:
         faiss.write_index(empty, str(work / "empty.faiss"))
@@ -70,16 +70,8 @@ def build_sharded(product_ids: list[str], vectors: np.ndarray, rerank: np.ndarra
         else:
             with ProcessPoolExecutor(workers) as pool:
                 paths = list(tqdm(pool.map(add_shard, *zip(*jobs)), total=len(jobs), desc="encode shards", disable=None))
-        merged = merge_shards(paths)
+        out.index = merge_shards(paths)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rerank_dim = 0 if rerank is None else rerank.shape[1]
-    out = CategoryIndex(dim, rerank_dim, factory, **params)
-    out.index = merged
-    out.trained_on = 0 if probe.index.is_trained else n
-    out.ids = Rows(np.asarray(product_ids, dtype=str))
-    out.vectors = Rows(np.asarray(vectors).astype(np.float16))
-    out.rerank = Rows(np.zeros((n, 0), np.float16) if rerank is None else np.asarray(rerank).astype(np.float16))
-    if len(set(product_ids)) != n:
-        raise ValueError("duplicate product ids")
+    out.append_rows(product_ids, vectors, rerank)
     return out

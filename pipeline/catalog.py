@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detectors.garments import whole_photo
+from indexes.category import gpu_wanted
 from indexes.index_set import IndexSet
 from pipeline.dataset import list_photos
 from pipeline.images import ImageError, crop_masked, load_image
@@ -71,7 +72,7 @@ def index_folder(folder: str | Path, out: str | Path, config: dict, *, batch: in
                                    None if rerank is None else rerank[sel]))
                 report.added[cat] += len(sel)
         index.store.put(rows)
-    gpu = icfg.get("gpu", "auto") in ("auto", True)
+    gpu = gpu_wanted(icfg)
     for cat, batches in parts.items():
         if batches:  # one build per category, so the factory fits the final size
             index.build_category(cat, [p for b in batches for p in b[0]], np.concatenate([b[1] for b in batches]),

@@ -125,13 +125,14 @@ def cmd_index(args) -> int:
 
 
 def cmd_reindex(args) -> int:
+    from indexes.category import gpu_wanted  # noqa: PLC0415
     from indexes.index_set import IndexSet  # noqa: PLC0415
 
     icfg = _config(args)["index"]
     index = IndexSet.load(Path(args.index), mmap=False)
     index.flat_limit = icfg["flat_limit"]
     done = index.maintain(force=args.force, growth=icfg["retrain_growth"], factory=args.factory or icfg["factory"],
-                          gpu=icfg.get("gpu", "auto") in ("auto", True))
+                          gpu=gpu_wanted(icfg))
     index.save(Path(args.index))
     for category, what in done.items():
         print(f"{category:9s} {what}")

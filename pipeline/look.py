@@ -14,6 +14,7 @@ from detectors.embedders import build_embedder
 from detectors.garments import build_garment_detector, region
 from detectors.masks import build_masker
 from detectors.pose import build_pose_checker
+from indexes.category import gpu_wanted
 from indexes.index_set import IndexSet
 from pipeline.config import load_config
 from pipeline.images import crop_masked
@@ -74,7 +75,7 @@ def apply_index_config(index: IndexSet, cfg: dict) -> None:
     """Search parameters from config, and the GPU when asked for ("auto": when faiss sees one)."""
     for c in CATEGORIES:
         index[c].set_params(nprobe=cfg["nprobe"], rescore=cfg["rescore"])
-        if cfg.get("gpu", "auto") in ("auto", True):
+        if gpu_wanted(cfg):
             index[c].use_gpu()
 
 

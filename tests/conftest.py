@@ -1,4 +1,6 @@
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,14 @@ FULL_BODY = ["coco_000000000785.jpg", "coco_000000197388.jpg", "crowdpose_103319
 
 if not CATALOG.is_dir():
     raise RuntimeError(f"the real test data is missing: {DATA} (set SHOPFLUENCE_DATA)")
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A tiny, valid PNG file that claims to be w x h (a decompression bomb's header)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 import base64
 import io
 import shutil
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from api.encode import mask_rle, rle_decode
 from pipeline.catalog import index_folder
 from pipeline.config import load_config
 
-from .conftest import CATALOG, PEOPLE
+from .conftest import CATALOG, PEOPLE, png_header
 
 KEY = "test-key-0123456789"
 
@@ -48,14 +46,6 @@ def photo_bytes(name="ochuman_000817.jpg"):
 
 def catalog_photo(label="t-shirt", i=0):
     return sorted((CATALOG / "validation" / label).glob("*.jpg"))[i]
-
-
-def png_header(w, h):
-    """A tiny PNG file that claims to be w x h (a decompression bomb's header)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 def test_health_ready_openapi_metrics_and_page(client):

@@ -1,6 +1,4 @@
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -8,7 +6,7 @@ from PIL import Image
 
 from pipeline.images import ImageError, crop_masked, load_image
 
-from .conftest import PEOPLE
+from .conftest import PEOPLE, png_header
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -52,18 +50,11 @@ def test_tiny_image_is_refused():
         load_image(_encode(Image.new("RGB", (1, 1)), "PNG"))
 
 
-def _png_header_only(w: int, h: int) -> bytes:
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_refused_before_decoding():
     with pytest.raises(ImageError, match="MP limit"):
-        load_image(_png_header_only(30000, 30000))
+        load_image(png_header(30000, 30000))
     with pytest.raises(ImageError, match="9000x9000 = 81 MP"):  # under Pillow's own bomb limit
-        load_image(_png_header_only(9000, 9000))
+        load_image(png_header(9000, 9000))
 
 
 def test_large_photo_is_downscaled():

@@ -7,7 +7,6 @@ import random
 import shutil
 import struct
 import urllib.parse
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from api.launch import free_port, multipart, request, start, stop, wait_ready
 from pipeline.catalog import index_folder
 from pipeline.config import load_config
 
-from .conftest import CATALOG, PEOPLE
+from .conftest import CATALOG, PEOPLE, png_header
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "reports" / "test-artifacts"
@@ -65,13 +64,6 @@ def test_real_http_look_and_a_write_seen_by_every_worker(server):
     assert {request(port, "GET", "/v1/products/srv-1")[0] for _ in range(8)} == {404}
     status, data, _ = request(port, "GET", "/metrics")
     assert status == 200 and b"shopfluence_requests_total" in data
-
-
-def png_header(w, h, idat=b"\x00" * 64):
-    def chunk(kind, d):
-        return struct.pack(">I", len(d)) + kind + d + struct.pack(">I", zlib.crc32(kind + d))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(idat)) + chunk(b"IEND", b"")
 
 
 def hostile_requests(photo: bytes, png: bytes, product: str) -> list[tuple[str, str, bytes | None, dict]]:
