@@ -8,15 +8,12 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import re
 
 from flask import current_app, request
 from werkzeug.exceptions import BadRequest, UnprocessableEntity, UnsupportedMediaType
 
 from pipeline.images import load_image
 from pipeline.types import CATEGORIES
-
-PRODUCT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 
 
 def _cfg() -> dict:
@@ -119,10 +116,3 @@ def search_options(data: dict) -> dict:
     opts["garment"] = _number(data, "garment", int, 0, 100)
     opts["category"] = category(data)
     return opts
-
-
-def product_id(value) -> str:
-    if not isinstance(value, str) or not PRODUCT_ID.match(value):
-        raise UnprocessableEntity("`product_id` must be 1-128 characters: letters, digits and . _ : - "
-                                  "(starting with a letter or digit)")
-    return value

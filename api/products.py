@@ -18,9 +18,9 @@ from api.encode import match_json
 from api.looks import product_image_url
 from api.ops import service
 from pipeline.images import ImageError, sniff_format
+from pipeline.rows import PRODUCT_ID, RowError, clean_product
 
 bp = Blueprint("products", __name__, url_prefix="/v1/products")
-METADATA = {"title": 300, "brand": 100, "url": 2000}
 
 
 def require_key(view):
@@ -48,7 +48,7 @@ def require_key(view):
 
 def _product(product_id: str) -> dict:
     shop = service().ready()
-    found = shop.index.store.get([product_id]) if inputs.PRODUCT_ID.match(product_id) else {}
+    found = shop.index.store.get([product_id]) if PRODUCT_ID.match(product_id) else {}
     if product_id not in found:
         raise NotFound(f"no product {product_id!r}")
     return found[product_id]
@@ -65,21 +65,11 @@ def add():
     s = service()
     s.ready()
     data = inputs.body()
-    product = {"product_id": inputs.product_id(data.get("product_id"))}
-    for name, limit in METADATA.items():
-        v = data.get(name)
-        if v is not None and (not isinstance(v, str) or len(v) > limit):
-            raise UnprocessableEntity(f"`{name}` must be a string of at most {limit} characters")
-        product[name] = v
-    price = data.get("price")
-    if price not in (None, ""):
-        try:
-            product["price"] = float(price)
-        except (TypeError, ValueError):
-            raise UnprocessableEntity("`price` must be a number") from None
-        if not 0 <= product["price"] < 1e9:
-            raise UnprocessableEntity("`price` must be between 0 and 1e9")
-    category = inputs.category(data)
+    try:  # the checks a catalog row gets (pipeline/rows.py)
+        product = clean_product({k: data.get(k) for k in ("product_id", "title", "brand", "price", "url", "category")})
+    except RowError as e:
+        raise UnprocessableEntity(str(e)) from None
+    category = product.pop("category", None)
     photos = inputs.images(data, current_app.config["SHOPFLUENCE"]["api"]["max_images_per_product"])
     try:
         record = s.add_product(product, photos, category)

@@ -11,7 +11,6 @@ meant to be called from several threads at once); gunicorn's threads overlap I/O
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
 import hashlib
 import io
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from indexes.index_set import IndexSet
+from indexes.index_set import IndexSet, write_lock
 from pipeline.catalog import product_vectors
 from pipeline.look import ShopTheLook, apply_index_config, build_models, model_signature
 
@@ -100,17 +99,12 @@ class Service:
     # ---- writing --------------------------------------------------------------------
     def _write(self, change):
         shop = self.ready()
-        lock_path = self.index_dir.with_name(self.index_dir.name + ".lock")
-        with open(lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                self.refresh()
-                result = change(shop.index)
-                shop.index.save(self.index_dir)
-                self._mtime = self._manifest_mtime()
-                return result
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with write_lock(self.index_dir):
+            self.refresh()
+            result = change(shop.index)
+            shop.index.save(self.index_dir)
+            self._mtime = self._manifest_mtime()
+            return result
 
     def add_product(self, product: dict, images: list[np.ndarray], category: str | None = None) -> dict:
         """Detect, embed and index one product (the on-demand path); returns its stored record."""

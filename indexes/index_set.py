@@ -6,6 +6,8 @@ comparable, and silently mixing them returns nonsense.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexes.category import FLAT_LIMIT, Candidate, CategoryIndex
+from indexes.category import FLAT_LIMIT, Candidate, CategoryIndex, choose_factory
+from indexes.shards import build_sharded
 from pipeline.types import CATEGORIES
 
 FORMAT = 2
@@ -153,6 +156,30 @@ class IndexSet:
             self.indexes[category].add(ids, vectors, rerank)
             self.store.put([{**p, "category": category} for p in products])
 
+    def bulk_add(self, category: str, products: list[dict], vectors: np.ndarray, rerank: np.ndarray | None = None,
+                 *, gpu: bool = False, workers: int = 1) -> None:
+        """Add many products at once: an empty category is built, trained for its final size (and
+        encoded in ``workers`` parallel shards when that is IVF-PQ); a filled one grows by :meth:`add`
+        (then :meth:`maintain` retrains it when it is due).
+        """
+        if len(self.indexes[category]):
+            self.add(category, products, vectors, rerank)
+            return
+        ids = [p["product_id"] for p in products]
+        with self.lock:
+            for c, index in self.indexes.items():
+                if c != category:
+                    index.remove(ids)
+            old = self.indexes[category]
+            factory = choose_factory(len(ids), vectors.shape[1], self.flat_limit) if self.factory == "auto" else self.factory
+            if workers > 1 and factory != "Flat":
+                self.indexes[category] = build_sharded(
+                    ids, vectors, rerank, factory=factory, shards=2 * workers, workers=workers,
+                    flat_limit=self.flat_limit, gpu=gpu, nprobe=old.nprobe, rescore=old.rescore)
+            else:
+                self.build_category(category, ids, vectors, rerank, gpu=gpu)
+            self.store.put([{**p, "category": category} for p in products])
+
     def remove(self, product_ids: list[str]) -> int:
         """Take products out of the indexes and the store; returns how many were indexed."""
         with self.lock:
@@ -256,6 +283,20 @@ class IndexSet:
         self.store = ProductStore(folder / "products.sqlite")
         self.lock = threading.RLock()
         return self
+
+
+@contextlib.contextmanager
+def write_lock(folder: Path | str):
+    """The exclusive lock every writer of the index at ``folder`` holds (``<folder>.lock``):
+    the API's workers, ``catalog add`` and the batch ingest."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _recover(folder: Path) -> None:

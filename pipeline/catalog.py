@@ -1,86 +1,46 @@
-"""The catalog side: photos of products -> category, embeddings -> the index set.
+"""The catalog stages: a product's photos -> its garment, category, tags and vectors.
 
-This issue's scope is a folder of product photos (one sub-folder per class, like
-clothing-dataset-small); each photo is one product. A photo that cannot be read is reported
-and skipped, never fatal.
+:func:`products_vectors` is the one code path from photos to index vectors: the batch ingest
+(pipeline/ingest.py) calls it a chunk of products at a time, ``POST /v1/products`` and
+``shopfluence catalog add`` one product at a time (:func:`product_vectors`).
+:func:`index_folder` builds an index from a folder per class (the demo catalog) through the
+batch ingest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from detectors.garments import whole_photo
-from indexes.category import gpu_wanted
-from indexes.index_set import IndexSet
+from detectors.garments import region, whole_photo
 from pipeline.dataset import list_photos
-from pipeline.images import ImageError, crop_masked, load_image
-from pipeline.look import build_models, model_signature
+from pipeline.images import crop_masked
+from pipeline.ingest import IngestOptions, IngestReport, ingest
+from pipeline.rows import Row
 from pipeline.types import CATEGORIES
 
 
-@dataclass
-class IndexReport:
-    added: dict[str, int] = field(default_factory=dict)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-
-
-def index_folder(folder: str | Path, out: str | Path, config: dict, *, batch: int = 32,
-                 limit_per_class: int = 0) -> IndexReport:
-    """Embed every photo under ``folder/<class>/`` and save an IndexSet at ``out``."""
-    models = build_models(config)
-    embedder, reranker, classifier = models["embedder"], models["reranker"], models["classifier"]
-    icfg = config["index"]
-    index = IndexSet(model_signature(embedder, reranker), factory=icfg["factory"], flat_limit=icfg["flat_limit"],
-                     nprobe=icfg["nprobe"], rescore=icfg["rescore"])
-    parts: dict[str, list] = {c: [] for c in CATEGORIES}  # (ids, vectors, rerank) batches per category
+def index_folder(folder: str | Path, out: str | Path, config: dict, *, limit_per_class: int = 0,
+                 opts: IngestOptions | None = None) -> IngestReport:
+    """Index a folder of product photos (``folder/<class>/<id>.jpg``, one product a photo) into a
+    new index set at ``out``: the batch ingest (:mod:`pipeline.ingest`) with rows made from the
+    folder, the class giving the category (a class that maps to none is rejected)."""
     photos = list_photos(folder)
     if limit_per_class:
         photos = sample_per_class(photos, limit_per_class)
-    report = IndexReport(dict.fromkeys(CATEGORIES, 0))
-    for start in tqdm(range(0, len(photos), batch), desc="index catalog", unit="batch", disable=None):
-        rows, crops = [], []
-        for p in photos[start:start + batch]:
-            try:
-                image = load_image(p.path, max_side=512)
-            except ImageError as e:
-                report.skipped.append((str(p.path), str(e)))
-                continue
-            category, label = p.category, p.label
-            if category is None and p.label not in ("hat",) and classifier is not None:
-                g = whole_photo(image, classifier)
-                category, label = str(g.categories[0]), str(g.labels[0])
-            if category not in CATEGORIES:
-                report.skipped.append((str(p.path), f"class '{p.label}' is not an indexed category"))
-                continue
-            rows.append({"product_id": p.product_id, "title": f"{label} {p.product_id[:8]}", "category": category,
-                         "label": label, "image": str(p.path)})
-            crops.append(image)
-        if not rows:
-            continue
-        vectors = embedder.embed(crops)
-        rerank = reranker.embed(crops) if reranker is not None else None
-        for cat in CATEGORIES:
-            sel = [i for i, r in enumerate(rows) if r["category"] == cat]
-            if sel:
-                parts[cat].append(([rows[i]["product_id"] for i in sel], vectors[sel],
-                                   None if rerank is None else rerank[sel]))
-                report.added[cat] += len(sel)
-        index.store.put(rows)
-    gpu = gpu_wanted(icfg)
-    for cat, batches in parts.items():
-        if batches:  # one build per category, so the factory fits the final size
-            index.build_category(cat, [p for b in batches for p in b[0]], np.concatenate([b[1] for b in batches]),
-                                 None if reranker is None else np.concatenate([b[2] for b in batches]), gpu=gpu)
-    index.save(Path(out))
-    for path, reason in report.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    return report
+    rows = []
+    for n, p in enumerate(photos, 1):
+        fields = {"product_id": p.product_id, "images": [str(p.path)], "title": f"{p.label} {p.product_id[:8]}",
+                  "label": p.label, "category": p.category}
+        if p.category is None:
+            rows.append(Row(n, None, f"{p.path}: class '{p.label}' is not an indexed category"))
+        else:
+            rows.append(Row(n, fields))
+    opts = opts or IngestOptions(chunk_size=32)
+    return ingest(None, out, config, dataclasses.replace(opts, restart=True, new_index=True), rows=rows)
 
 
 @dataclass
@@ -91,46 +51,89 @@ class ProductVectors:
     label: str
     vector: np.ndarray  # (d,) mean of the photos' unit embeddings, re-normalised
     rerank: np.ndarray | None
-    tags: list[dict]  # per photo: category, label, box (xyxy pixels), score
+    tags: list[dict]  # per photo with a garment: photo (its index), category, label, box (xyxy pixels), score
 
 
 def product_vectors(models: dict, images: list[np.ndarray], category: str | None = None) -> ProductVectors:
-    """The catalog stages for one product: per photo, find the garment (the person's garment of
-    ``category``, or the largest one; the whole photo when nobody wears it), mask, crop and
-    embed; several photos are averaged into one vector.
+    """The catalog stages for one product (the on-demand path): see :func:`products_vectors`.
 
     Raises:
         ValueError: no garment of ``category`` is found in any photo.
     """
-    if category is not None and category not in CATEGORIES:
-        raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
-    crops, tags = [], []
-    for image in images:
-        verdict = models["pose"].check(image)
-        if verdict.person:
-            garments = models["detector"].detect(image, verdict)
-            if category is not None:
-                garments = garments[np.asarray(garments.categories) == category]
-            if not len(garments):
-                continue
+    out = products_vectors(models, [images], [category])[0]
+    if isinstance(out, Exception):
+        raise out
+    return out
+
+
+def find_garment(models: dict, image: np.ndarray, category: str | None = None) -> tuple[np.ndarray, dict] | None:
+    """The garment a product photo shows: the worn garment of ``category`` (or the largest one)
+    when a person is in it, else the whole photo; returns its masked crop and its tag
+    (category, label, box xyxy pixels, score), or None when the photo has no such garment.
+    When ``category`` is given but not detected on the person, the region of all the person's
+    garments stands for it (the tag says ``fallback``).
+    """
+    verdict = models["pose"].check(image)
+    fallback = False
+    if verdict.person:
+        found = models["detector"].detect(image, verdict)
+        garments = found if category is None else found[np.asarray(found.categories) == category]
+        if len(garments):
             areas = (garments.boxes[:, 2] - garments.boxes[:, 0]) * (garments.boxes[:, 3] - garments.boxes[:, 1])
-            garments = models["masker"].mask(image, garments[[int(np.argmax(areas))]], verdict)
+            garments = garments[[int(np.argmax(areas))]]
+        elif category is not None and len(found):
+            # the retailer says what the product is (a dress seen as top + skirt, say): take the
+            # region of everything the person wears rather than lose the product
+            box = np.concatenate([found.boxes[:, :2].min(0), found.boxes[:, 2:].max(0)])
+            garments, fallback = region(image, box, models["classifier"], category), True
         else:
-            garments = whole_photo(image, models["classifier"])
-            if category is not None:
-                garments = dataclasses.replace(garments, categories=[category])
-        g = garments[0]
-        crops.append(crop_masked(image, g.box, g.mask, models["embedder"].preprocess.fill))
-        tags.append({"category": g.category, "label": g.label, "box": [round(float(v), 1) for v in g.box],
-                     "score": round(float(g.score), 4)})
-    if not crops:
-        raise ValueError(f"no {category or 'garment'} found in the {len(images)} photo(s)")
-    cats = [t["category"] for t in tags]
-    chosen = category or max(set(cats), key=cats.count)
-    keep = [i for i, c in enumerate(cats) if c == chosen]
-    vector = _mean_unit(models["embedder"].embed([crops[i] for i in keep]))
-    rerank = None if models["reranker"] is None else _mean_unit(models["reranker"].embed([crops[i] for i in keep]))
-    return ProductVectors(chosen, tags[keep[0]]["label"], vector, rerank, tags)
+            return None
+        garments = models["masker"].mask(image, garments, verdict)
+    else:
+        garments = whole_photo(image, models["classifier"])
+        if category is not None:
+            garments = dataclasses.replace(garments, categories=[category])
+    g = garments[0]
+    crop = crop_masked(image, g.box, g.mask, models["embedder"].preprocess.fill)
+    tag = {"category": g.category, "label": g.label, "box": [round(float(v), 1) for v in g.box],
+           "score": round(float(g.score), 4)}
+    return crop, tag | ({"fallback": f"no {category} detected: the person's garments"} if fallback else {})
+
+
+def products_vectors(models: dict, products: list[list[np.ndarray]],
+                     categories: list[str | None]) -> list[ProductVectors | ValueError]:
+    """The catalog stages for several products: per photo :func:`find_garment`; then every crop
+    of every product goes through the embedders in one batched call (the GPU sees full batches,
+    not one product's few photos); a product's photos of its category (given, or the one most of
+    its photos show) are averaged into one vector.
+
+    Returns, per product, its :class:`ProductVectors` or the ValueError saying why it has none.
+    """
+    crops, owner, tags = [], [], [[] for _ in products]
+    for p, (images, category) in enumerate(zip(products, categories)):
+        if category is not None and category not in CATEGORIES:
+            raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
+        for j, image in enumerate(images):
+            found = find_garment(models, image, category)
+            if found is not None:
+                crops.append(found[0])
+                owner.append(p)
+                tags[p].append({"photo": j, **found[1]})
+    vectors = models["embedder"].embed(crops) if crops else None
+    rerank = models["reranker"].embed(crops) if crops and models["reranker"] is not None else None
+    owner = np.asarray(owner, np.int64)
+    out: list[ProductVectors | ValueError] = []
+    for p, (images, category) in enumerate(zip(products, categories)):
+        if not tags[p]:
+            out.append(ValueError(f"no {category or 'garment'} found in the {len(images)} photo(s)"))
+            continue
+        cats = [t["category"] for t in tags[p]]
+        chosen = category or max(dict.fromkeys(cats), key=cats.count)  # ties: the first photo's
+        keep = np.flatnonzero(owner == p)[[i for i, c in enumerate(cats) if c == chosen]]
+        label = tags[p][cats.index(chosen)]["label"]
+        out.append(ProductVectors(chosen, label, _mean_unit(vectors[keep]),
+                                  None if rerank is None else _mean_unit(rerank[keep]), tags[p]))
+    return out
 
 
 def _mean_unit(vectors: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``shopfluence`` command line: look, index, reindex, train, eval, weights."""
+"""``shopfluence`` command line: look, index, catalog, reindex, train, eval, weights."""
 
 from __future__ import annotations
 
@@ -30,6 +30,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=DEFAULT_INDEX)
     p.add_argument("--per-class", type=int, default=0, help="index at most N photos of each class")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("catalog", help="ingest a catalog file, or add one product (the on-demand path)")
+    csub = p.add_subparsers(dest="catalog_command", required=True)
+    c = csub.add_parser("ingest", help="tag and index every row of a CSV or JSONL catalog (resumable)")
+    c.add_argument("catalog", help=".csv or .jsonl: product_id, images, title, brand, price, url, category")
+    c.add_argument("--index", default=DEFAULT_INDEX)
+    c.add_argument("--work", help="chunks and reports (tags.jsonl, rejects.jsonl, near_duplicates.jsonl); "
+                                  "default <index>.ingest")
+    c.add_argument("--engine", choices=["local", "ray"], default="local")
+    c.add_argument("--workers", type=int, default=1, help="processes (local) or actors (ray)")
+    c.add_argument("--chunk-size", type=int, default=64)
+    c.add_argument("--threads", type=int, default=4, help="photo-decoding threads a worker")
+    c.add_argument("--ray-address", help="a Ray cluster (default: start a local Ray)")
+    c.add_argument("--hot", metavar="COLUMN", help="ingest only rows whose COLUMN is true/1/yes")
+    c.add_argument("--hot-ids", metavar="FILE", help="ingest only the product ids listed in FILE, one a line")
+    c.add_argument("--restart", action="store_true", help="process every row again, even if done before")
+    c.add_argument("--new-index", action="store_true", help="replace the index instead of adding to it")
+    c.add_argument("--dup-distance", type=int, default=4, help="hash bits for near-duplicate photos (0-7)")
+    c.set_defaults(func=cmd_catalog_ingest)
+    c = csub.add_parser("add", help="detect, embed and index one product now (same path as POST /v1/products)")
+    c.add_argument("product", help="a JSON file, or inline JSON: {product_id, images, title, brand, price, url, category}")
+    c.add_argument("--index", default=DEFAULT_INDEX)
+    c.set_defaults(func=cmd_catalog_add)
 
     p = sub.add_parser("reindex", help="compact removed products and retrain quantizers that are due")
     p.add_argument("index", nargs="?", default=DEFAULT_INDEX)
@@ -66,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except MissingWeights as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -121,6 +144,54 @@ def cmd_index(args) -> int:
     print(f"indexed {sum(report.added.values())} products into {args.out}: "
           + ", ".join(f"{c} {n}" for c, n in report.added.items())
           + f"; skipped {len(report.skipped)}")
+    return 0
+
+
+def cmd_catalog_ingest(args) -> int:
+    from pipeline.ingest import IngestOptions, ingest  # noqa: PLC0415
+
+    if not 0 <= args.dup_distance <= 7:
+        raise ValueError("--dup-distance must be between 0 and 7")
+    hot_ids = None
+    if args.hot_ids:
+        hot_ids = {line.strip() for line in Path(args.hot_ids).read_text().splitlines() if line.strip()}
+    opts = IngestOptions(engine=args.engine, workers=args.workers, chunk_size=args.chunk_size, threads=args.threads,
+                         ray_address=args.ray_address, restart=args.restart, new_index=args.new_index,
+                         dup_distance=args.dup_distance)
+    r = ingest(args.catalog, args.index, _config(args), opts, hot_column=args.hot, hot_ids=hot_ids, work=args.work)
+    print(f"{r.rows} rows: indexed {sum(r.indexed.values())} products into {r.index} ("
+          + ", ".join(f"{c} {n}" for c, n in r.indexed.items()) + f"), rejected {r.rejected} rows"
+          + (f" and {r.rejected_images} photos" if r.rejected_images else "")
+          + (f", {r.not_hot} rows not hot" if r.not_hot else "")
+          + f"; {r.near_duplicate_groups} near-duplicate groups; {r.seconds:.1f} s")
+    print(f"reports: {r.work}/tags.jsonl, {r.work}/rejects.jsonl, {r.work}/near_duplicates.jsonl")
+    return 0
+
+
+def cmd_catalog_add(args) -> int:
+    from api.app import API_DEFAULTS  # noqa: PLC0415
+    from api.service import Service  # noqa: PLC0415
+    from pipeline.config import merge  # noqa: PLC0415
+    from pipeline.ingest import IngestOptions, load_photo  # noqa: PLC0415
+    from pipeline.rows import clean_product, image_refs  # noqa: PLC0415
+
+    text = args.product.strip()
+    base = None
+    if not text.startswith("{"):
+        base = Path(text).resolve().parent
+        text = Path(text).read_text()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the product is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("the product must be a JSON object")
+    product = clean_product(raw)
+    photos = [load_photo(ref, IngestOptions()) for ref in image_refs(raw, base or Path.cwd())]
+    category = product.pop("category", None)
+    cfg = merge({"api": {**API_DEFAULTS, "index": args.index, "create_index": True}}, _config(args))
+    record = Service(cfg, background=False).add_product(product, photos, category)
+    print(json.dumps({k: v for k, v in record.items() if k != "images"}, indent=2))
     return 0
 
 
