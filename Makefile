@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python bench/look_bench.py
 	$(BIN)/python bench/index_bench.py --n 200000
 	$(BIN)/python bench/load_bench.py
+	$(BIN)/python bench/ingest_bench.py
 
 lint: install
 	$(BIN)/ruff check pipeline detectors indexes api tests bench

@@ -109,12 +109,16 @@ def products_vectors(models: dict, products: list[list[np.ndarray]],
 
     Returns, per product, its :class:`ProductVectors` or the ValueError saying why it has none.
     """
-    crops, owner, tags = [], [], [[] for _ in products]
+    crops, owner, tags, problems = [], [], [[] for _ in products], [[] for _ in products]
     for p, (images, category) in enumerate(zip(products, categories)):
         if category is not None and category not in CATEGORIES:
             raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
         for j, image in enumerate(images):
-            found = find_garment(models, image, category)
+            try:
+                found = find_garment(models, image, category)
+            except Exception as e:  # noqa: BLE001 (one odd photo is reported with its product, never fatal)
+                problems[p].append(f"photo {j + 1}: {type(e).__name__}: {e}")
+                continue
             if found is not None:
                 crops.append(found[0])
                 owner.append(p)
@@ -125,7 +129,8 @@ def products_vectors(models: dict, products: list[list[np.ndarray]],
     out: list[ProductVectors | ValueError] = []
     for p, (images, category) in enumerate(zip(products, categories)):
         if not tags[p]:
-            out.append(ValueError(f"no {category or 'garment'} found in the {len(images)} photo(s)"))
+            why = f" ({'; '.join(problems[p])})" if problems[p] else ""
+            out.append(ValueError(f"no {category or 'garment'} found in the {len(images)} photo(s){why}"))
             continue
         cats = [t["category"] for t in tags[p]]
         chosen = category or max(dict.fromkeys(cats), key=cats.count)  # ties: the first photo's

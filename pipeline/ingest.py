@@ -77,6 +77,7 @@ class IngestReport:
     chunks_resumed: int = 0
     seconds: float = 0.0
     already_done: bool = False
+    timings_s: dict = field(default_factory=dict)  # of the merge: read chunks, index, near-duplicates, reports
     rejects: list = field(default_factory=list, repr=False)
 
     @property
@@ -139,15 +140,17 @@ def dhash(image: np.ndarray) -> int:
 def near_duplicates(hashes: list[tuple[str, str, int]], max_distance: int = 4) -> list[dict]:
     """Groups of photos of *different* products whose hashes differ in at most ``max_distance`` bits.
 
-    ``hashes`` is (product_id, photo, hash). Exact for ``max_distance`` < 8: the 64 bits are cut
-    into ``max_distance + 1`` bands, two close hashes agree on one band at least (pigeonhole), so
-    only photos sharing a band value are compared.
+    ``hashes`` is (product_id, photo, hash). Equal hashes are merged first (a stock photo reused
+    by 100 size variants is one value, not 5,000 pairs); the distinct values are then compared
+    exactly for ``max_distance`` < 8: the 64 bits are cut into ``max_distance + 1`` bands, two
+    close hashes agree on one band at least (pigeonhole), so only values sharing a band value
+    are compared. Photos linked through close hashes form one group; a group is reported when
+    it holds two products or more.
     """
     if len(hashes) < 2:
         return []
-    owners = [h[0] for h in hashes]
-    h = np.array([x[2] for x in hashes], np.uint64)
-    parent = np.arange(len(h))
+    values, inverse = np.unique(np.array([x[2] for x in hashes], np.uint64), return_inverse=True)
+    parent = np.arange(len(values))
 
     def find(i):
         while parent[i] != i:
@@ -155,37 +158,44 @@ def near_duplicates(hashes: list[tuple[str, str, int]], max_distance: int = 4) -
             i = parent[i]
         return i
 
-    bands = max_distance + 1
-    edges = np.linspace(0, 64, bands + 1).astype(int)
-    pairs = set()
+    edges = np.linspace(0, 64, max_distance + 2).astype(int)
     for lo, hi in zip(edges[:-1], edges[1:]):
-        key = (h >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        key = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
         order = np.argsort(key, kind="stable")
-        splits = np.flatnonzero(np.diff(key[order])) + 1
-        for group in np.split(order, splits):
+        for group in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
             if len(group) < 2:
                 continue
-            x = h[group]
-            dist = _popcount(x[:, None] ^ x[None, :])
-            for a, b in zip(*np.nonzero(np.triu(dist <= max_distance, 1))):
-                i, j = int(group[a]), int(group[b])
-                if owners[i] != owners[j]:
-                    pairs.add((min(i, j), max(i, j)))
-    for i, j in pairs:
-        parent[find(i)] = find(j)
-    groups: dict[int, list[int]] = {}
-    for i in sorted({k for p in pairs for k in p}):
-        groups.setdefault(find(i), []).append(i)
+            x = values[group]
+            close = np.triu(_popcount(x[:, None] ^ x[None, :]) <= max_distance, 1)
+            for a, b in zip(*np.nonzero(close)):
+                ra, rb = find(int(group[a])), find(int(group[b]))
+                if ra != rb:
+                    parent[ra] = rb
+    roots = parent
+    while not np.array_equal(roots[roots], roots):  # pointer jumping: every value to its root
+        roots = roots[roots]
+    roots = roots[inverse]
+    order = np.argsort(roots, kind="stable")
+    cuts = np.flatnonzero(np.diff(roots[order])) + 1
+    starts, ends = np.r_[0, cuts], np.r_[cuts, len(order)]
     out = []
-    for members in groups.values():
-        x = h[members]
-        out.append({"products": sorted({owners[i] for i in members}), "photos": [hashes[i][1] for i in members],
+    for g in np.flatnonzero(ends - starts >= 2):
+        members = order[starts[g]:ends[g]]
+        products = sorted({hashes[i][0] for i in members})
+        if len(products) < 2:
+            continue
+        x = np.unique(values[inverse[members]])
+        out.append({"products": products, "photos": [hashes[i][1] for i in members],
                     "max_distance": int(_popcount(x[:, None] ^ x[None, :]).max())})
     return sorted(out, key=lambda g: g["products"])
 
 
+_POP16 = np.array([bin(i).count("1") for i in range(1 << 16)], np.uint8)
+
+
 def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+    """Set bits of each uint64 (four 16-bit table lookups)."""
+    return _POP16[np.ascontiguousarray(x).view(np.uint16).reshape(*x.shape, 4)].sum(-1, dtype=np.int64)
 
 
 # ---- the worker -----------------------------------------------------------------------
@@ -439,7 +449,15 @@ def finish(work: Path, index_dir: Path, config: dict, opts: IngestOptions, repor
     from indexes.category import gpu_wanted  # noqa: PLC0415
     from indexes.index_set import IndexSet, write_lock  # noqa: PLC0415
 
+    t = time.perf_counter()
+
+    def lap(name):
+        nonlocal t
+        report.timings_s[name] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+
     parts = [read_chunk(work, k) for k in tqdm(range(n_chunks), desc="read chunks", disable=None, leave=False)]
+    lap("read_chunks")
     signatures = {json.dumps(p["signature"], sort_keys=True) for p in parts}
     if len(signatures) > 1:
         raise RuntimeError(f"the chunks in {work} were made with different model weights: run again with --restart")
@@ -469,7 +487,9 @@ def finish(work: Path, index_dir: Path, config: dict, opts: IngestOptions, repor
             index.save(index_dir)
     else:
         report.indexed = dict.fromkeys(CATEGORIES, 0)
+    lap("index")
     groups = near_duplicates([h for p in parts for h in p["hashes"]], opts.dup_distance)
+    lap("near_duplicates")
     report.rejects = rejects
     report.rejected = sum("image" not in r for r in rejects)
     report.rejected_images = len(rejects) - report.rejected
@@ -477,6 +497,7 @@ def finish(work: Path, index_dir: Path, config: dict, opts: IngestOptions, repor
     _write_lines(work / "tags.jsonl", tags)
     _write_lines(work / "rejects.jsonl", rejects)
     _write_lines(work / "near_duplicates.jsonl", groups)
+    lap("reports")
 
 
 # ---- small file helpers ---------------------------------------------------------------
