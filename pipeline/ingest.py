@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
@@ -40,7 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.images import ImageError, load_image
-from pipeline.rows import plan, read_catalog, reject
+from pipeline.rows import file_digest, plan, read_catalog, reject
 from pipeline.types import CATEGORIES
 
 
@@ -395,7 +396,7 @@ def ingest(catalog: str | Path | None, index_dir: str | Path, config: dict, opts
     if rows is None:
         rows = read_catalog(catalog)
         base = Path(catalog).resolve().parent
-        source = {"catalog": str(Path(catalog).resolve()), "sha256": _digest_file(catalog)}
+        source = {"catalog": str(Path(catalog).resolve()), "sha256": file_digest(catalog)}
     else:
         source = {"catalog": None, "sha256": _digest_json([dataclasses.astuple(r) for r in rows])}
     products, rejects, cold = plan(rows, base, hot_column=hot_column, hot_ids=hot_ids)
@@ -501,15 +502,7 @@ def finish(work: Path, index_dir: Path, config: dict, opts: IngestOptions, repor
 
 
 # ---- small file helpers ---------------------------------------------------------------
-def _digest_file(path) -> str:
-    from pipeline.rows import file_digest  # noqa: PLC0415
-
-    return file_digest(path)
-
-
 def _digest_json(value) -> str:
-    import hashlib  # noqa: PLC0415
-
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
