@@ -112,7 +112,8 @@ class Service:
         with self._infer:
             pv = product_vectors(shop.models, images, category)
         paths = self._store_images(product["product_id"], images)
-        record = {**product, "category": pv.category, "label": pv.label, "image": paths[0], "images": paths}
+        record = {**product, "category": pv.category, "label": product.get("label") or pv.label,
+                  "image": paths[0], "images": paths}
 
         def change(index: IndexSet):
             index.add(pv.category, [record], pv.vector[None], None if pv.rerank is None else pv.rerank[None])

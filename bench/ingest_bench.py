@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
@@ -173,8 +175,6 @@ def scale_run(tmp: Path, photos, measured_work: Path, args, rate: float) -> dict
         k += 1
         signature = c["signature"]
     work = tmp / "scale-work"
-    import numpy as np  # noqa: PLC0415
-
     chunks = 0
     known = [p for p in products if p["images"][0] in done]
     for start in range(0, len(known), args.chunk_size):

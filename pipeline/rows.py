@@ -104,7 +104,7 @@ def image_refs(raw: dict, base: Path | None = None) -> list[str]:
     value = raw.get("images", raw.get("image"))
     if isinstance(value, str):
         text = value.strip()
-        value = json.loads(text) if text.startswith("[") else [v for v in re.split(r"[|\n]", text)]
+        value = json.loads(text) if text.startswith("[") else re.split(r"[|\n]", text)
     if not isinstance(value, list):
         raise RowError("images must be a list of paths or URLs")
     refs = [str(v).strip() for v in value if str(v).strip()]
