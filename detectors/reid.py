@@ -73,6 +73,8 @@ def build_reid(*, checkpoint: str | Path | None = None, **arch) -> tuple[ReidNet
 
 def save_release(model: ReidNet, config: dict, path: str | Path) -> None:
     """Write the fp16 release file: config plus weights, no optimiser or ArcFace proxies."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.cpu()) for k, v in model.state_dict().items()}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": config, "state_dict": state}, path)
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save({"config": config, "state_dict": state}, tmp)
+    tmp.replace(path)

@@ -54,7 +54,8 @@ def _composite(fg: torch.Tensor, bg: torch.Tensor, alpha: torch.Tensor) -> torch
 
 
 class TrainRephoto:
-    """Training views: random resized crop, perspective, colour/light, blur, JPEG, background.
+    """Training views: random resized crop, perspective, a small tilt, colour/light, blur, JPEG,
+    background.
 
     ``backgrounds`` is a callable returning a (3, h, w) float image in [0, 1] (another
     catalog photo); with probability ``p_background`` the product's surroundings are
@@ -67,6 +68,7 @@ class TrainRephoto:
         self.p_background = p_background
         self.color = v2.ColorJitter(0.4, 0.4, 0.35, 0.04)
         self.perspective = v2.RandomPerspective(0.3, p=0.4, fill=[float(v) for v in IMAGENET_MEAN])
+        self.tilt = v2.RandomApply([v2.RandomRotation(12, fill=[float(v) for v in IMAGENET_MEAN])], p=0.3)
         self.blur = v2.RandomApply([v2.GaussianBlur(5, (0.1, 1.6))], p=0.25)
         self.jpeg = v2.RandomApply([v2.JPEG((35, 95))], p=0.4)
 
@@ -79,7 +81,7 @@ class TrainRephoto:
         if _chance(g, 0.3):
             x = x.flip(-1)
         x = letterbox(x, self.size, _FILL)
-        x = self.perspective(x)
+        x = self.tilt(self.perspective(x))
         x = self.color(x)
         if _chance(g, 0.05):
             x = TF.rgb_to_grayscale(x, 3)

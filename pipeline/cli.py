@@ -64,9 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-config", help="TOML with TrainConfig fields")
     for name, typ in (("data", str), ("out", str), ("epochs", int), ("batch-size", int), ("lr", float),
                       ("image-size", int), ("device", str), ("workers", int), ("subset", int),
-                      ("max-steps", int), ("seed", int), ("backbone", str)):
+                      ("max-steps", int), ("seed", int), ("backbone", str), ("longer-side", int),
+                      ("embed-dim", int), ("val-every", int), ("max-minutes", float)):
         p.add_argument(f"--{name}", type=typ)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pack", help="copy clothing-dataset-small (+ no-person) at training size, e.g. to carry to a GPU machine")
+    p.add_argument("out", help="new data folder; use it with SHOPFLUENCE_DATA=OUT or --data OUT/clothing-dataset-small")
+    p.add_argument("--data", default=None, help="source data folder (default ../shared/data)")
+    p.add_argument("--size", type=int, default=256, help="longer side in pixels")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("eval", help="held-out retrieval evaluation, report to a folder")
     p.add_argument("--out", default="reports/eval")
@@ -75,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", default="histogram,random", help="comma list: histogram, random, fashion-clip, dinov2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="evaluate on the first N test photos only")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (embedding speed is measured on it)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("weights", help="list, check, fetch or release checkpoints (weights/manifest.toml)")
@@ -214,9 +223,17 @@ def cmd_train(args) -> int:
     from pipeline.train import TrainConfig, train  # noqa: PLC0415
 
     keys = ("data", "out", "epochs", "batch_size", "lr", "image_size", "device", "workers", "subset",
-            "max_steps", "seed", "backbone")
+            "max_steps", "seed", "backbone", "longer_side", "embed_dim", "val_every", "max_minutes")
     cfg = TrainConfig.load(args.train_config, **{k: getattr(args, k) for k in keys})
     print(f"release written to {train(cfg)}")
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from pipeline.dataset import pack_photos  # noqa: PLC0415
+
+    n, size = pack_photos(Path(args.out), args.data, args.size, args.quality)
+    print(f"packed {n} photos into {args.out} ({size / 1e6:.1f} MB)")
     return 0
 
 
@@ -224,7 +241,8 @@ def cmd_eval(args) -> int:
     from pipeline.evaluate import run_eval  # noqa: PLC0415
 
     table = run_eval(out=Path(args.out), data=args.data, weights=args.weights,
-                     baselines=[b for b in args.baselines.split(",") if b], seed=args.seed, limit=args.limit)
+                     baselines=[b for b in args.baselines.split(",") if b], seed=args.seed, limit=args.limit,
+                     device=args.device)
     print(table)
     return 0
 

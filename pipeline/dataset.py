@@ -67,3 +67,27 @@ def load_small(photos: list[CatalogPhoto], longer_side: int, desc: str = "decode
         rgb.thumbnail((longer_side, longer_side), Image.Resampling.BILINEAR)
         out.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
     return out
+
+
+def pack_photos(out: Path, data: str | Path | None = None, longer_side: int = 256, quality: int = 90) -> tuple[int, int]:
+    """Copy every photo of clothing-dataset-small and no-person, shrunk to ``longer_side``.
+
+    Keeps the folder layout, so ``SHOPFLUENCE_DATA=out`` trains and evaluates on the copy (how
+    the photos travel to a GPU machine). Returns (photos written, bytes).
+    """
+    src = Path(data) if data else DEFAULT_DATA
+    paths = [p for p in sorted((src / "clothing-dataset-small").glob("*/*/*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    paths += [p for p in sorted((src / "no-person").glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise FileNotFoundError(f"no photos under {src}/clothing-dataset-small or {src}/no-person")
+    total = 0
+    for p in tqdm(paths, desc="pack", unit="img", disable=None):
+        dst = out / p.relative_to(src).with_suffix(".jpg")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(p) as im:
+            im.draft("RGB", (longer_side, longer_side))
+            rgb = im.convert("RGB")
+        rgb.thumbnail((longer_side, longer_side), Image.Resampling.LANCZOS)
+        rgb.save(dst, quality=quality)
+        total += dst.stat().st_size
+    return len(paths), total
