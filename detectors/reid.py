@@ -32,7 +32,12 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x.clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p).flatten(1)
+        # in float32, p kept in [1, 6] and the mean kept above zero: a channel that is dead over
+        # the whole map would otherwise give 0 ** (1/p), whose gradient is infinite (NaN in bf16 runs)
+        p = self.p.clamp(1.0, 6.0)
+        with torch.autocast(x.device.type, enabled=False):
+            m = F.adaptive_avg_pool2d(x.float().clamp(min=self.eps).pow(p), 1)
+            return m.clamp(min=1e-30).pow(1.0 / p).flatten(1)
 
 
 class ReidNet(nn.Module):

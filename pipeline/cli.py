@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, typ in (("data", str), ("out", str), ("epochs", int), ("batch-size", int), ("lr", float),
                       ("image-size", int), ("device", str), ("workers", int), ("subset", int),
                       ("max-steps", int), ("seed", int), ("backbone", str), ("longer-side", int),
-                      ("embed-dim", int), ("val-every", int), ("max-minutes", float)):
+                      ("embed-dim", int), ("val-every", int), ("max-minutes", float), ("init", str)):
         p.add_argument(f"--{name}", type=typ)
     p.set_defaults(func=cmd_train)
 
@@ -223,7 +223,7 @@ def cmd_train(args) -> int:
     from pipeline.train import TrainConfig, train  # noqa: PLC0415
 
     keys = ("data", "out", "epochs", "batch_size", "lr", "image_size", "device", "workers", "subset",
-            "max_steps", "seed", "backbone", "longer_side", "embed_dim", "val_every", "max_minutes")
+            "max_steps", "seed", "backbone", "longer_side", "embed_dim", "val_every", "max_minutes", "init")
     cfg = TrainConfig.load(args.train_config, **{k: getattr(args, k) for k in keys})
     print(f"release written to {train(cfg)}")
     return 0

@@ -58,6 +58,8 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 1  # data-loading processes; -1: all cores but two
     val_every: int = 1  # validate every N epochs (and always after the last)
+    grad_clip: float = 10.0  # max gradient norm; steps with a non-finite loss are skipped
+    init: str = ""  # a release file to start from (its embeddings seed the ArcFace proxies)
     max_minutes: float = 0.0  # >0: after epoch 2, cut the schedule to the epochs that fit in this wall time
     subset: int = 0  # >0: train on the first N photos only (tests, smoke runs)
     max_steps: int = 0  # >0: stop after this many steps in total (tests)
@@ -199,6 +201,9 @@ def train(cfg: TrainConfig) -> Path:
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     arcface = ArcFace(cfg.embed_dim, len(images), cfg.arc_scale, cfg.arc_margin).to(device)
+    if cfg.init:
+        model.load_state_dict(build_reid(checkpoint=cfg.init)[0].state_dict())
+        arcface.weight.data = _proxies(model, images, cfg.image_size, device)
     params = [{"params": [p for n, p in model.named_parameters() if p.ndim > 1], "weight_decay": cfg.weight_decay},
               {"params": [p for n, p in model.named_parameters() if p.ndim <= 1], "weight_decay": 0.0},
               {"params": arcface.parameters(), "weight_decay": 0.0}]
@@ -236,18 +241,26 @@ def train(cfg: TrainConfig) -> Path:
         data.epoch = epoch
         loader = torch.utils.data.DataLoader(data, **loader_kw)
         model.train()
-        sums = {"loss": 0.0, "arcface": 0.0, "class": 0.0, "nce": 0.0, "class_acc": 0.0}
-        n = 0
+        sums = {"loss": 0.0, "arcface": 0.0, "class": 0.0, "nce": 0.0, "class_acc": 0.0, "grad_norm": 0.0}
+        n, skipped = 0, 0
         t0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{schedule.epochs}", unit="step", disable=None)
         for batch in bar:
             loss, l_arc, l_cls, l_nce, logits, cls = compute_loss(model, arcface, batch, cfg, device)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            grad_norm = torch.tensor(float("nan"))
+            if torch.isfinite(loss):
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_([q for g in params for q in g["params"]], cfg.grad_clip)
+            if not torch.isfinite(grad_norm):  # a non-finite loss or gradient: drop this step
+                skipped += 1
+                sched.step()
+                step += 1
+                continue
             opt.step()
             sched.step()
             step += 1
-            for k, v in (("loss", loss), ("arcface", l_arc), ("class", l_cls), ("nce", l_nce)):
+            for k, v in (("loss", loss), ("arcface", l_arc), ("class", l_cls), ("nce", l_nce), ("grad_norm", grad_norm)):
                 sums[k] += float(v.detach())
             sums["class_acc"] += float((logits.argmax(1) == cls).float().mean())
             n += 1
@@ -255,7 +268,8 @@ def train(cfg: TrainConfig) -> Path:
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         record = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0],
-                  "seconds": round(time.time() - t0, 1), **{k: v / max(n, 1) for k, v in sums.items()}}
+                  "seconds": round(time.time() - t0, 1), **{k: v / max(n, 1) for k, v in sums.items()},
+                  **({"skipped_steps": skipped} if skipped else {})}
         epoch_seconds.append(time.time() - t0)
         last = epoch + 1 == schedule.epochs
         if not cfg.subset and (last or epoch == 0 or (epoch + 1) % max(1, cfg.val_every) == 0):
@@ -311,6 +325,17 @@ def validate(model, cfg: TrainConfig, device, photos, images) -> dict:
     return {"val_recall@1": recall_at_k(ranks, truth, 1), "val_class_acc": acc}
 
 
+def _proxies(model, images, size: int, device) -> torch.Tensor:
+    """ArcFace proxies for a run that starts from trained weights: each photo's own embedding."""
+    from pipeline.evaluate import embed_tensors  # noqa: PLC0415 (cycle)
+
+    mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
+    emb, _ = embed_tensors(model.eval(), [(_gallery_view(im, size) - mean) / std for im in images], device)
+    model.train()
+    return torch.from_numpy(emb).to(device)
+
+
 def _gallery_view(img: torch.Tensor, size: int) -> torch.Tensor:
     from detectors.preprocess import letterbox  # noqa: PLC0415
 
@@ -324,7 +349,7 @@ def _run_identity(cfg: dict) -> dict:
     new length from the step it reached (a warm restart).
     """
     ignore = ("epochs", "out", "max_steps", "workers", "device", "val_every", "max_minutes", "data")
-    return {k: v for k, v in cfg.items() if k not in ignore}
+    return {k: v for k, v in {**dataclasses.asdict(TrainConfig()), **cfg}.items() if k not in ignore}
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -350,8 +375,9 @@ def plot_log(log: Path, png: Path) -> None:
         a.plot(ep, [r[k] for r in rows], label=k)
     a.set_xlabel("epoch"), a.set_title("training losses"), a.legend()
     for k in ("class_acc", "val_class_acc", "val_recall@1"):
-        if k in rows[0]:
-            b.plot(ep, [r[k] for r in rows], label=k)
+        pts = [(r["epoch"], r[k]) for r in rows if k in r]
+        if pts:
+            b.plot(*zip(*pts), label=k, marker="." if k.startswith("val") else None)
     b.set_xlabel("epoch"), b.set_ylim(0, 1), b.set_title("accuracy / recall"), b.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=100)
