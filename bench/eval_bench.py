@@ -1,6 +1,6 @@
 """Run the held-out retrieval evaluation and print its table (GPU machine or CPU).
 
-    python bench/eval_bench.py [--device cuda] [--weights reid-v1|FILE] [--data DIR]
+    python bench/eval_bench.py [--device cuda] [--weights reid-v2|FILE] [--data DIR]
                                [--baselines histogram,random,fashion-clip,dinov2] [--rerank-size N]
 
 On the GPU machine the photos travel packed (``shopfluence pack .pack``, then
@@ -19,7 +19,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="reports/eval")
     ap.add_argument("--data", default=None, help="clothing-dataset-small folder")
-    ap.add_argument("--weights", default="reid-v1", help="manifest slot or file of our model")
+    ap.add_argument("--weights", default="reid-v2", help="manifest slot or file of our model")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
     ap.add_argument("--rerank-size", type=int, default=None, help="default: the reranker's size in pipeline/config.py")
     ap.add_argument("--baselines", default="histogram,random,fashion-clip,dinov2")

@@ -37,7 +37,7 @@ class GeM(nn.Module):
         p = self.p.clamp(1.0, 6.0)
         with torch.autocast(x.device.type, enabled=False):
             m = F.adaptive_avg_pool2d(x.float().clamp(min=self.eps).pow(p), 1)
-            return m.clamp(min=1e-30).pow(1.0 / p).flatten(1)
+            return m.clamp(min=1e-30).pow(1.0 / p).flatten(1).to(x.dtype)  # fp16 inference stays fp16
 
 
 class ReidNet(nn.Module):

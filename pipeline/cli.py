@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("eval", help="held-out retrieval evaluation, report to a folder")
     p.add_argument("--out", default="reports/eval")
     p.add_argument("--data", default=None, help="clothing-dataset-small folder")
-    p.add_argument("--weights", default="reid-v1", help="manifest slot or file of our model")
+    p.add_argument("--weights", default="reid-v2", help="manifest slot or file of our model")
     p.add_argument("--baselines", default="histogram,random", help="comma list: histogram, random, fashion-clip, dinov2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="evaluate on the first N test photos only")
@@ -263,14 +263,14 @@ def cmd_weights(args) -> int:
             raise ValueError("say which slot to fetch, e.g. `shopfluence weights fetch sam-vit-b`")
         print(f"saved {weights.fetch(args.name, args.url)}")
         return 0
-    run = Path(args.name or "runs/reid-v1")
+    run = Path(args.name or "runs/reid-v2")
     src = run / "release.pt"
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist: train first with `shopfluence train --out {run}`")
-    dst = weights.slot("reid-v1").path
+    dst = weights.slot("reid-v2").path
     shutil.copyfile(src, dst)
     digest = weights.sha256_of(dst)
-    weights.set_sha256("reid-v1", digest)
+    weights.set_sha256("reid-v2", digest)
     print(f"released {src} -> {dst} (sha256 {digest}, {dst.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -93,7 +93,7 @@ def retrieval_metrics(gallery: np.ndarray, queries: np.ndarray, truth: np.ndarra
     return m, ranks, qps
 
 
-def run_eval(*, out: Path, data: str | None = None, weights: str = "reid-v1",
+def run_eval(*, out: Path, data: str | None = None, weights: str = "reid-v2",
              baselines=("histogram", "random"), seed: int = 0, limit: int = 0, per_photo: int = 2,
              device: str = "cpu", rerank_size: int | None = None) -> str:
     """Run the protocol and write ``report.md`` and PNG plots to ``out``; returns the table."""

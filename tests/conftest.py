@@ -38,7 +38,7 @@ def people_photo():
 def reid_weights():
     from pipeline.weights import slot
 
-    return slot("reid-v1").require()
+    return slot("reid-v2").require()
 
 
 @pytest.fixture(scope="session")

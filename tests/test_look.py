@@ -100,7 +100,7 @@ def test_cli_missing_weights_names_the_file(index_dir, tmp_path):
     env = {**os.environ, "SHOPFLUENCE_WEIGHTS": str(tmp_path)}
     p = _cli("look", str(PEOPLE / "ochuman_000817.jpg"), "--index", str(index_dir), env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "shopfluence-reid-v1.pt" in p.stderr and "reid-v1" in p.stderr
+    assert "shopfluence-reid-v2.pt" in p.stderr and "reid-v2" in p.stderr
 
 
 def test_index_refuses_other_weights(index_dir, tmp_path):

@@ -15,7 +15,7 @@ def weights_dir(tmp_path, monkeypatch):
 
 def test_manifest_names_every_slot():
     slots = weights.load_manifest()
-    assert {"reid-v1", "fashion-clip", "dinov2-vits14", "sam-vit-b", "yolo-pose"} <= set(slots)
+    assert {"reid-v2", "fashion-clip", "dinov2-vits14", "sam-vit-b", "yolo-pose"} <= set(slots)
     for s in slots.values():
         assert s.source and s.license
 
@@ -53,4 +53,4 @@ def test_fetch_from_a_local_http_server(weights_dir, tmp_path_factory, monkeypat
 
 
 def test_committed_model_matches_its_checksum():
-    assert weights.check("reid-v1") == "ok"
+    assert weights.check("reid-v2") == "ok"
