@@ -71,7 +71,12 @@ def main():
     device = "GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        default = "default (mediapipe, pose-regions, person mask, reid 112/144)"
+        from detectors.reid import build_reid  # noqa: PLC0415
+        from pipeline.weights import resolve  # noqa: PLC0415
+
+        cfg = load_config()
+        size = build_reid(checkpoint=resolve(cfg["embedder"]["weights"]))[1]["image_size"]
+        default = f"default (mediapipe, pose-regions, person mask, reid {size}/{cfg['reranker']['image_size']})"
         results = {default: run("default", load_config(), tmp, args.repeats)}
         if not args.skip_official:
             cfg = official_config(tmp)
