@@ -77,7 +77,7 @@ def main():
         cfg = load_config()
         size = build_reid(checkpoint=resolve(cfg["embedder"]["weights"]))[1]["image_size"]
         default = f"default (mediapipe, pose-regions, person mask, reid {size}/{cfg['reranker']['image_size']})"
-        results = {default: run("default", load_config(), tmp, args.repeats)}
+        results = {default: run("default", cfg, tmp, args.repeats)}
         if not args.skip_official:
             cfg = official_config(tmp)
             results["official archs (ViT-B/32 + DINOv2 ViT-S/14 + SAM vit_b, random weights)"] = run(

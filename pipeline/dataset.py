@@ -61,12 +61,18 @@ def load_small(photos: list[CatalogPhoto], longer_side: int, desc: str = "decode
     """
     out = []
     for p in tqdm(photos, desc=desc, unit="img", leave=False, disable=None):
-        with Image.open(p.path) as src:
-            src.draft("RGB", (longer_side, longer_side))
-            rgb = src.convert("RGB")
-        rgb.thumbnail((longer_side, longer_side), Image.Resampling.BILINEAR)
+        rgb = open_small(p.path, longer_side, Image.Resampling.BILINEAR)
         out.append(torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1))
     return out
+
+
+def open_small(path: Path, longer_side: int, resample) -> Image.Image:
+    """An RGB photo with the longer side at most ``longer_side`` (JPEG draft mode: fast)."""
+    with Image.open(path) as src:
+        src.draft("RGB", (longer_side, longer_side))
+        rgb = src.convert("RGB")
+    rgb.thumbnail((longer_side, longer_side), resample)
+    return rgb
 
 
 def pack_photos(out: Path, data: str | Path | None = None, longer_side: int = 256, quality: int = 90) -> tuple[int, int]:
@@ -84,10 +90,6 @@ def pack_photos(out: Path, data: str | Path | None = None, longer_side: int = 25
     for p in tqdm(paths, desc="pack", unit="img", disable=None):
         dst = out / p.relative_to(src).with_suffix(".jpg")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(p) as im:
-            im.draft("RGB", (longer_side, longer_side))
-            rgb = im.convert("RGB")
-        rgb.thumbnail((longer_side, longer_side), Image.Resampling.LANCZOS)
-        rgb.save(dst, quality=quality)
+        open_small(p, longer_side, Image.Resampling.LANCZOS).save(dst, quality=quality)
         total += dst.stat().st_size
     return len(paths), total

@@ -101,8 +101,8 @@ def run_eval(*, out: Path, data: str | None = None, weights: str = "reid-v2",
     from pipeline.config import load_config  # noqa: PLC0415
     from pipeline.weights import resolve, slot  # noqa: PLC0415
 
-    search = load_config()["search"]
-    rerank_size = rerank_size or load_config()["reranker"]["image_size"]
+    cfg = load_config()
+    search, rerank_size = cfg["search"], rerank_size or cfg["reranker"]["image_size"]
 
     out.mkdir(parents=True, exist_ok=True)
     root = Path(data) if data else DEFAULT_DATA / "clothing-dataset-small"

@@ -35,6 +35,9 @@ from detectors.reid import CLASSES, build_reid, save_release
 from pipeline.augment import TrainRephoto
 from pipeline.dataset import DEFAULT_DATA, clothing_split, load_small
 
+_MEAN = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
+
 
 @dataclass
 class TrainConfig:
@@ -111,9 +114,7 @@ def compute_loss(model, arcface, batch, cfg: TrainConfig, device):
     """
     v1, v2_, ident, cls = batch
     x = torch.cat([v1, v2_]).to(device, non_blocking=True)  # uint8: a quarter of the bytes to move
-    mean = torch.tensor(IMAGENET_MEAN, device=device).reshape(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).reshape(1, 3, 1, 1)
-    x = (x.float() / 255 - mean) / std
+    x = (x.float() / 255 - _MEAN.to(device)) / _STD.to(device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     ident, cls = ident.to(device).repeat(2), cls.to(device).repeat(2)
@@ -252,19 +253,17 @@ def train(cfg: TrainConfig) -> Path:
             if torch.isfinite(loss):
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_([q for g in params for q in g["params"]], cfg.grad_clip)
-            if not torch.isfinite(grad_norm):  # a non-finite loss or gradient: drop this step
+            if torch.isfinite(grad_norm):
+                opt.step()
+                for k, v in (("loss", loss), ("arcface", l_arc), ("class", l_cls), ("nce", l_nce), ("grad_norm", grad_norm)):
+                    sums[k] += float(v.detach())
+                sums["class_acc"] += float((logits.argmax(1) == cls).float().mean())
+                n += 1
+                bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", acc=f"{sums['class_acc'] / n:.2f}")
+            else:  # a non-finite loss or gradient: drop this step
                 skipped += 1
-                sched.step()
-                step += 1
-                continue
-            opt.step()
             sched.step()
             step += 1
-            for k, v in (("loss", loss), ("arcface", l_arc), ("class", l_cls), ("nce", l_nce), ("grad_norm", grad_norm)):
-                sums[k] += float(v.detach())
-            sums["class_acc"] += float((logits.argmax(1) == cls).float().mean())
-            n += 1
-            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", acc=f"{sums['class_acc'] / n:.2f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         record = {"epoch": epoch + 1, "step": step, "lr": sched.get_last_lr()[0],
@@ -309,14 +308,11 @@ def validate(model, cfg: TrainConfig, device, photos, images) -> dict:
     from pipeline.evaluate import EvalRephoto, embed_tensors, recall_at_k  # noqa: PLC0415 (cycle)
 
     model.eval()
-    mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
-    gallery_t = [(_gallery_view(im, cfg.image_size) - mean) / std for im in images]
     bgs = [im.float() / 255 for im in images[::7]]
     aug = EvalRephoto(cfg.image_size, bgs)
     g = torch.Generator().manual_seed(1234)
-    query_t = [(aug(im, g) - mean) / std for im in images]
-    gal, logits = embed_tensors(model, gallery_t, device)
+    query_t = [(aug(im, g) - _MEAN) / _STD for im in images]
+    gal, logits = embed_tensors(model, _gallery_views(images, cfg.image_size), device)
     qry, _ = embed_tensors(model, query_t, device)
     ranks = np.argsort(-(qry @ gal.T), axis=1)
     truth = np.arange(len(images))
@@ -329,17 +325,16 @@ def _proxies(model, images, size: int, device) -> torch.Tensor:
     """ArcFace proxies for a run that starts from trained weights: each photo's own embedding."""
     from pipeline.evaluate import embed_tensors  # noqa: PLC0415 (cycle)
 
-    mean = torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).reshape(3, 1, 1)
-    emb, _ = embed_tensors(model.eval(), [(_gallery_view(im, size) - mean) / std for im in images], device)
+    emb, _ = embed_tensors(model.eval(), _gallery_views(images, size), device)
     model.train()
     return torch.from_numpy(emb).to(device)
 
 
-def _gallery_view(img: torch.Tensor, size: int) -> torch.Tensor:
+def _gallery_views(images: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Catalog-side inputs: each photo letterboxed whole to ``size``, normalised."""
     from detectors.preprocess import letterbox  # noqa: PLC0415
 
-    return letterbox(img.float() / 255, size, torch.tensor(IMAGENET_MEAN).reshape(3, 1, 1))
+    return [(letterbox(im.float() / 255, size, _MEAN) - _MEAN) / _STD for im in images]
 
 
 def _run_identity(cfg: dict) -> dict:
