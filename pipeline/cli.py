@@ -232,8 +232,10 @@ def cmd_train(args) -> int:
 def cmd_pack(args) -> int:
     from pipeline.dataset import pack_photos  # noqa: PLC0415
 
-    n, size = pack_photos(Path(args.out), args.data, args.size, args.quality)
-    print(f"packed {n} photos into {args.out} ({size / 1e6:.1f} MB)")
+    n, size, skipped = pack_photos(Path(args.out), args.data, args.size, args.quality)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"packed {n} photos into {args.out} ({size / 1e6:.1f} MB); {len(skipped)} skipped")
     return 0
 
 

@@ -75,21 +75,29 @@ def open_small(path: Path, longer_side: int, resample) -> Image.Image:
     return rgb
 
 
-def pack_photos(out: Path, data: str | Path | None = None, longer_side: int = 256, quality: int = 90) -> tuple[int, int]:
+def pack_photos(out: Path, data: str | Path | None = None, longer_side: int = 256,
+                quality: int = 90) -> tuple[int, int, list[str]]:
     """Copy every photo of clothing-dataset-small and no-person, shrunk to ``longer_side``.
 
     Keeps the folder layout, so ``SHOPFLUENCE_DATA=out`` trains and evaluates on the copy (how
-    the photos travel to a GPU machine). Returns (photos written, bytes).
+    the photos travel to a GPU machine). A photo that does not decode is skipped and reported.
+    Returns (photos written, bytes, ["path: reason" of each skipped photo]).
     """
     src = Path(data) if data else DEFAULT_DATA
     paths = [p for p in sorted((src / "clothing-dataset-small").glob("*/*/*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     paths += [p for p in sorted((src / "no-person").glob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise FileNotFoundError(f"no photos under {src}/clothing-dataset-small or {src}/no-person")
-    total = 0
+    written, total, skipped = 0, 0, []
     for p in tqdm(paths, desc="pack", unit="img", disable=None):
+        try:
+            rgb = open_small(p, longer_side, Image.Resampling.LANCZOS)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            skipped.append(f"{p}: {type(e).__name__}: {e}")
+            continue
         dst = out / p.relative_to(src).with_suffix(".jpg")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        open_small(p, longer_side, Image.Resampling.LANCZOS).save(dst, quality=quality)
+        rgb.save(dst, quality=quality)
+        written += 1
         total += dst.stat().st_size
-    return len(paths), total
+    return written, total, skipped

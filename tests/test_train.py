@@ -93,8 +93,10 @@ def test_pack_keeps_the_layout_at_the_training_size(tmp_path):
         Image.new("RGB", (640, 480), (200, 10, 10)).save(src / "clothing-dataset-small" / split / "shoes" / "a.png")
     (src / "no-person").mkdir()
     Image.new("RGB", (800, 600)).save(src / "no-person" / "bg.jpg")
-    n, size = pack_photos(tmp_path / "pack", src, longer_side=128)
+    (src / "no-person" / "broken.jpg").write_bytes(b"%PDF-1.4 not a photo")  # a PDF named .jpg
+    n, size, skipped = pack_photos(tmp_path / "pack", src, longer_side=128)
     assert n == 3 and size > 0
+    assert len(skipped) == 1 and "broken.jpg" in skipped[0] and not (tmp_path / "pack" / "no-person" / "broken.jpg").exists()
     photos = clothing_split("train", tmp_path / "pack" / "clothing-dataset-small")
     assert [p.label for p in photos] == ["shoes"] and Image.open(photos[0].path).size == (128, 96)
     assert (tmp_path / "pack" / "no-person" / "bg.jpg").is_file()
