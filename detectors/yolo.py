@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,25 @@ def load_yolo(checkpoint: str | Path):
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"YOLO checkpoint {path} does not exist")
+    _import_ultralytics_quietly()
     from ultralytics import YOLO  # noqa: PLC0415 (heavy import, only for this backend)
 
     return YOLO(str(path))
+
+
+def _import_ultralytics_quietly() -> None:
+    """Import ultralytics without its run-time installs or its hook on ``PIL.Image.open``.
+
+    On import it replaces ``Image.open`` with a wrapper that, for a file Pillow cannot identify,
+    tries to pip-install pi-heif and then fails with ModuleNotFoundError: a corrupt upload would
+    become a 500 and a download attempt. ``pipeline/images.py`` sniffs formats itself, so PIL's
+    own ``open`` is put back and ultralytics' auto-install is off.
+    """
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    from PIL import Image  # noqa: PLC0415
+    from ultralytics.utils import patches  # noqa: PLC0415
+
+    Image.open = getattr(patches, "_image_open", Image.open)
 
 
 def garments_from_ultralytics(result, class_map: dict[str, str | None], image_size) -> Garments:

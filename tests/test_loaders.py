@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.images import load_image
+from pipeline.images import ImageError, load_image
 
 from .conftest import PEOPLE
 
@@ -95,6 +95,10 @@ def test_ultralytics_detector_and_pose_checkpoints(tmp_path):
     pose = build_pose_checker("yolo-pose", checkpoint=tmp_path / "pose.pt", conf=0.0001, imgsz=128, device="cpu")
     v = pose.check(img)
     assert v.keypoints is None or v.keypoints.shape == (17, 3)
+
+    # with ultralytics loaded, a corrupt upload is still a clear ImageError (no pi-heif install try)
+    with pytest.raises(ImageError, match="corrupt"):
+        load_image(b"\xff\xd8\xff" + b"junk" * 10)
 
 
 def test_reid_release_round_trip_gives_identical_embeddings(tmp_path):
