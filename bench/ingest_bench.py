@@ -14,6 +14,10 @@ deterministic, so a repeated photo gives the same vectors), and the merge into t
 The embedding time of the scale run is the part-1 rate extrapolated; it says so.
 
     python bench/ingest_bench.py [--n 600] [--scale 100000] [--out reports/ingest-bench]
+
+An engine is ``engine:workers`` or ``engine:workers:CONFIG.toml`` (that run uses the config, e.g.
+``--engines local:1:no-views.toml,local:1`` prices the catalog views in the same run); the
+first engine is the baseline of the ratios.
 """
 
 from __future__ import annotations
@@ -121,14 +125,17 @@ def main() -> int:
         write_csv(cat, photos)
         first_work = None
         for spec in args.engines.split(","):
-            engine, workers = spec.split(":")
-            work = tmp / f"work-{engine}-{workers}"
-            wall, peak, _ = run_cli(["catalog", "ingest", str(cat), "--index", str(tmp / f"index-{engine}-{workers}"),
+            engine, workers, *config = spec.split(":", 2)
+            tag = f"{engine}-{workers}-{len(results['runs'])}"
+            work = tmp / f"work-{tag}"
+            wall, peak, _ = run_cli([*(["--config", config[0]] if config else []), "catalog", "ingest", str(cat),
+                                     "--index", str(tmp / f"index-{tag}"),
                                      "--work", str(work), "--engine", engine, "--workers", workers,
                                      "--chunk-size", str(args.chunk_size), "--new-index"])
             summary = json.loads((work / "summary.json").read_text())
             indexed = sum(summary["indexed"].values())
-            results["runs"].append({"engine": engine, "workers": int(workers), "wall_s": round(wall, 2),
+            results["runs"].append({"engine": engine, "workers": int(workers), "config": config[0] if config else "default",
+                                    "wall_s": round(wall, 2),
                                     "products": summary["products"], "indexed": indexed,
                                     "products_per_s": round(summary["products"] / wall, 2),
                                     "peak_rss_mb": round(peak / 1e6)})
@@ -143,9 +150,10 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n| engine | workers | products | wall s | products/s | vs plain loop | peak RSS MB |\n|---|---|---|---|---|---|---|")
+    print("\n| engine | workers | config | products | wall s | products/s | vs first | peak RSS MB |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
-        print(f"| {r['engine']} | {r['workers']} | {r['products']} | {r['wall_s']} | {r['products_per_s']} | "
+        print(f"| {r['engine']} | {r['workers']} | {r['config']} | {r['products']} | {r['wall_s']} | {r['products_per_s']} | "
               f"{r['speedup_vs_plain_loop']}x | {r['peak_rss_mb']} |")
     if "scale" in results:
         s = results["scale"]

@@ -104,8 +104,8 @@ def products_vectors(models: dict, products: list[list[np.ndarray]],
                      categories: list[str | None]) -> list[ProductVectors | ValueError]:
     """The catalog stages for several products: per photo :func:`find_garment`; then every crop
     of every product goes through the embedders in one batched call (the GPU sees full batches,
-    not one product's few photos); a product's photos of its category (given, or the one most of
-    its photos show) are averaged into one vector.
+    not one product's few photos), with the embedder's catalog views; a product's photos of its
+    category (given, or the one most of its photos show) are averaged into one vector.
 
     Returns, per product, its :class:`ProductVectors` or the ValueError saying why it has none.
     """
@@ -123,8 +123,8 @@ def products_vectors(models: dict, products: list[list[np.ndarray]],
                 crops.append(found[0])
                 owner.append(p)
                 tags[p].append({"photo": j, **found[1]})
-    vectors = models["embedder"].embed(crops) if crops else None
-    rerank = models["reranker"].embed(crops) if crops and models["reranker"] is not None else None
+    vectors = models["embedder"].embed_catalog(crops) if crops else None
+    rerank = models["reranker"].embed_catalog(crops) if crops and models["reranker"] is not None else None
     owner = np.asarray(owner, np.int64)
     out: list[ProductVectors | ValueError] = []
     for p, (images, category) in enumerate(zip(products, categories)):

@@ -12,9 +12,11 @@ DEFAULTS = {
     # sam: {"backend": "sam", "weights": "sam-vit-b", "arch": "vit_b"}
     "masks": {"backend": "person"},
     # fashion-clip: {"backend": "fashion-clip", "weights": "fashion-clip", "arch": "ViT-B-16"}
-    "embedder": {"backend": "reid", "weights": "reid-v2"},
+    # catalog_views: centre crops (fraction of each side) embedded with each catalog photo and
+    # averaged into its vector (Embedder.embed_catalog); the query side is unchanged
+    "embedder": {"backend": "reid", "weights": "reid-v2", "catalog_views": [0.8]},
     # dinov2: {"backend": "dinov2", "weights": "dinov2-vits14", "arch": "vit_small_patch14_dinov2"}
-    "reranker": {"backend": "reid", "weights": "reid-v2", "image_size": 256},
+    "reranker": {"backend": "reid", "weights": "reid-v2", "image_size": 256, "catalog_views": [0.8]},
     "search": {"k": 5, "k_recall": 50, "rerank_weight": 0.5},
     # factory "auto": Flat below flat_limit vectors a category, IVF-PQ fast-scan above (indexes/category.py);
     # nprobe and rescore apply to IVF indexes; `shopfluence reindex` retrains past retrain_growth x

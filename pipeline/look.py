@@ -63,8 +63,9 @@ def build_models(cfg: dict) -> dict:
 def model_signature(embedder, reranker) -> dict:
     """What an index records about the models its vectors come from."""
     def one(m):
-        return {"backend": m.name, "dim": m.dim, "weights_sha256": m.weights_sha256,
-                "image_size": m.preprocess.image_size}
+        sig = {"backend": m.name, "dim": m.dim, "weights_sha256": m.weights_sha256,
+               "image_size": m.preprocess.image_size}
+        return sig | ({"catalog_views": list(m.catalog_views)} if m.catalog_views else {})
     sig = {"recall": one(embedder)}
     if reranker is not None:
         sig["rerank"] = one(reranker)

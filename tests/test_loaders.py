@@ -113,3 +113,29 @@ def test_reid_release_round_trip_gives_identical_embeddings(tmp_path):
     _unit_rows(za, 128)
     assert np.array_equal(za, zb)
     assert a.classify(_crops()).shape == (3, 10)
+
+
+def test_catalog_views_average_the_crop_and_its_centre(tmp_path):
+    from detectors.embedders import build_embedder, center_crop
+    from detectors.reid import build_reid, save_release
+    from pipeline.look import model_signature
+
+    model, cfg = build_reid(backbone="resnet10t", embed_dim=64)
+    save_release(model, cfg, tmp_path / "r.pt")
+    plain = build_embedder("reid", checkpoint=tmp_path / "r.pt", device="cpu")
+    views = build_embedder("reid", checkpoint=tmp_path / "r.pt", device="cpu", catalog_views=[0.8])
+    crops = _crops()
+    assert center_crop(crops[0], 0.8).shape[:2] == tuple(round(0.8 * s) for s in crops[0].shape[:2])
+    want = plain.embed(crops) + plain.embed([center_crop(c, 0.8) for c in crops])
+    got = views.embed_catalog(crops)
+    _unit_rows(got, 64)
+    assert np.allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-5)
+    assert np.array_equal(views.embed(crops), plain.embed(crops))  # the query side is unchanged
+    assert np.array_equal(plain.embed_catalog(crops), plain.embed(crops))
+    assert views.embed_catalog([]).shape == (0, 64)
+    # an index records the views (its vectors depend on them); without views, the signature of
+    # indexes built before views existed
+    assert model_signature(views, None)["recall"]["catalog_views"] == [0.8]
+    assert "catalog_views" not in model_signature(plain, None)["recall"]
+    with pytest.raises(ValueError, match="catalog_views"):
+        build_embedder("reid", checkpoint=tmp_path / "r.pt", device="cpu", catalog_views=[1.5])
