@@ -49,7 +49,8 @@ def to_batch(crops: list[np.ndarray], cfg: PreprocessCfg) -> torch.Tensor:
     std = torch.tensor(cfg.std).reshape(3, 1, 1)
     out = []
     for crop in crops:
-        t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 255.0
+        # a decoded photo can be read-only (np.asarray of a PIL image): copy only then
+        t = torch.from_numpy(np.require(crop, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0
         if cfg.resize == "letterbox":
             t = letterbox(t, cfg.image_size, mean)
         elif cfg.resize == "squash":

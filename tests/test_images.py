@@ -91,3 +91,16 @@ def test_crop_masked_fills_background():
     c = crop_masked(img, (20, 20, 80, 80), mask, fill=(1, 2, 3), pad=0)
     assert c.shape == (60, 60, 3)
     assert (c[0, 0] == (1, 2, 3)).all() and (c[30, 30] == 255).all()
+
+
+def test_a_read_only_photo_goes_into_a_batch_without_a_warning():
+    import warnings
+
+    from detectors.preprocess import PreprocessCfg, to_batch
+
+    img = np.asarray(Image.open(PEOPLE / "fld_img_00000128.jpg").convert("RGB"))  # read-only, as decoded
+    assert not img.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on non-writable arrays; a warning fails the test
+        x = to_batch([img], PreprocessCfg(image_size=64))
+    assert x.shape == (1, 3, 64, 64) and not img.flags.writeable
