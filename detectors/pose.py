@@ -81,12 +81,17 @@ class MediapipePose:
 
     def __init__(self, *, min_detection_confidence: float = 0.5, model_complexity: int = 1,
                  min_visibility: float = 0.5, mask_threshold: float = 0.5,
-                 min_mask_area: float = 0.15, min_mask_confidence: float = 0.85):
+                 min_mask_area: float = 0.15, min_mask_confidence: float = 0.85,
+                 require_face_or_legs: bool = True):
         """Args:
             min_mask_area: share of the photo a person mask must cover to count as a person
                 when BlazePose finds no keypoints (such people are close-ups).
             min_mask_confidence: share of that mask that must be confident (p > 0.9); selfie
                 segmentation also fires, less surely, on signs and animals.
+            require_face_or_legs: BlazePose's keypoints count only with both knees visible or
+                a face found by the full-range face detector. BlazePose puts a confident
+                skeleton on a shirt laid flat (a product photo), and its garment regions then
+                cut the product apart; without them the photo goes on to the person-mask check.
         """
         import mediapipe as mp  # noqa: PLC0415
 
@@ -94,6 +99,8 @@ class MediapipePose:
             static_image_mode=True, model_complexity=model_complexity, enable_segmentation=True,
             min_detection_confidence=min_detection_confidence)
         self._selfie = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        self._face = (mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
+                      if require_face_or_legs else None)
         self.names = tuple(lm.name.lower() for lm in mp.solutions.pose.PoseLandmark)
         self.min_visibility = min_visibility
         self.mask_threshold = mask_threshold
@@ -103,15 +110,27 @@ class MediapipePose:
     def check(self, image: np.ndarray) -> PoseVerdict:
         """Judge an RGB uint8 (H, W, 3) photo."""
         h, w = image.shape[:2]
+        image = np.ascontiguousarray(image)
         with self._lock:
-            res = self._pose.process(np.ascontiguousarray(image))
-            if res.pose_landmarks is None:
-                seg = self._selfie.process(np.ascontiguousarray(image)).segmentation_mask
+            res = self._pose.process(image)
+            kps = None if res.pose_landmarks is None else np.array(
+                [[lm.x * w, lm.y * h, lm.visibility] for lm in res.pose_landmarks.landmark], np.float32)
+            if kps is not None and not self._face_or_legs(image, kps):
+                kps = None  # a skeleton on a garment, not a person
+            if kps is None:
+                seg = self._selfie.process(image).segmentation_mask
                 return verdict_from_keypoints(None, self.names, (w, h), self._confident_person(seg))
-        kps = np.array([[lm.x * w, lm.y * h, lm.visibility] for lm in res.pose_landmarks.landmark], np.float32)
         mask = res.segmentation_mask > self.mask_threshold if res.segmentation_mask is not None else None
         return verdict_from_keypoints(kps, self.names, (w, h), mask, min_visibility=self.min_visibility)
 
+
+    def _face_or_legs(self, image: np.ndarray, kps: np.ndarray) -> bool:
+        if self._face is None:
+            return True
+        knees = [self.names.index(n) for n in ("left_knee", "right_knee")]
+        if kps[knees, 2].min() >= self.min_visibility:
+            return True
+        return bool(self._face.process(image).detections)
 
     def _confident_person(self, seg: np.ndarray | None) -> np.ndarray | None:
         if seg is None:

@@ -3,7 +3,7 @@ import pytest
 from detectors.pose import MediapipePose, verdict_from_keypoints
 from pipeline.images import load_image
 
-from .conftest import FULL_BODY, NO_PERSON, PEOPLE
+from .conftest import CATALOG, FULL_BODY, NO_PERSON, PEOPLE
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +43,13 @@ def test_back_view_is_not_frontal():
         kps[COCO_KEYPOINTS.index(n)] = (x, y, 1.0)
     v = verdict_from_keypoints(kps, COCO_KEYPOINTS, (100, 130))
     assert v.full_body and not v.frontal and "faces away" in v.reason
+
+
+def test_a_skeleton_on_a_flat_garment_is_not_a_person(pose):
+    # BlazePose puts a confident skeleton on this jacket laid flat (no face, no legs); taken for a
+    # person, its garment regions cut the product apart. Without a face or visible knees the
+    # keypoints do not count, and the photo is searched whole.
+    img = load_image(CATALOG / "test" / "outwear" / "4b319ef4-36eb-431f-8627-dba90b8b3bed.jpg")
+    assert MediapipePose(require_face_or_legs=False).check(img).keypoints is not None
+    v = pose.check(img)
+    assert not v.person and v.keypoints is None and "single garment" in v.reason
