@@ -102,6 +102,7 @@ class MediapipePose:
         self._face = (mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
                       if require_face_or_legs else None)
         self.names = tuple(lm.name.lower() for lm in mp.solutions.pose.PoseLandmark)
+        self._knees = [self.names.index(n) for n in ("left_knee", "right_knee")]
         self.min_visibility = min_visibility
         self.mask_threshold = mask_threshold
         self.min_mask_area, self.min_mask_confidence = min_mask_area, min_mask_confidence
@@ -127,8 +128,7 @@ class MediapipePose:
     def _face_or_legs(self, image: np.ndarray, kps: np.ndarray) -> bool:
         if self._face is None:
             return True
-        knees = [self.names.index(n) for n in ("left_knee", "right_knee")]
-        if kps[knees, 2].min() >= self.min_visibility:
+        if kps[self._knees, 2].min() >= self.min_visibility:
             return True
         return bool(self._face.process(image).detections)
 

@@ -143,14 +143,16 @@ def run_eval(*, out: Path, data: str | None = None, weights: str = "reid-v2",
             methods.append(Method(f"{name} ({s.arch})", m.embed))
 
     rows, curves, per_cat, speed, embedded = [], {}, {}, {}, []
-    ranks_ours = None
+    ranks_ours, query_embeddings = None, {}  # the no-views row shares its queries with the first row
     for m in methods:
         embed_gallery = m.embed_gallery or m.embed
         m.embed(gallery_crops[:8])  # warm-up (cuDNN autotuning, lazy allocations)
         t = time.perf_counter()
         gal = embed_gallery(gallery_crops)
         eps = len(gallery_crops) / (time.perf_counter() - t)
-        qry = m.embed(queries)
+        if m.embed not in query_embeddings:
+            query_embeddings[m.embed] = m.embed(queries)
+        qry = query_embeddings[m.embed]
         metrics, ranks, qps = retrieval_metrics(gal, qry, truth)
         rows.append((m.name, metrics))
         curves[m.name] = [recall_at_k(ranks, truth, k) for k in range(1, 11)]
