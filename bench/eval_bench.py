@@ -21,7 +21,7 @@ if __name__ == "__main__":
     ap.add_argument("--data", default=None, help="clothing-dataset-small folder")
     ap.add_argument("--weights", default="reid-v2", help="manifest slot or file of our model")
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    ap.add_argument("--rerank-size", type=int, default=None, help="default: the reranker's size in pipeline/config.py")
+    ap.add_argument("--rerank-size", type=int, default=256, help="input size of the global rerank row compared in the same run")
     ap.add_argument("--baselines", default="histogram,random,fashion-clip,dinov2")
     args = ap.parse_args()
     print(run_eval(out=Path(args.out), data=args.data, weights=args.weights, device=args.device,

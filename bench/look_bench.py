@@ -1,5 +1,6 @@
-"""Per-stage latency of a look (p50/p95 ms), for the default pipeline and for the official
-architectures (FashionCLIP ViT-B/32 recall, DINOv2 ViT-S/14 rerank, SAM vit_b masks) with
+"""Per-stage latency of a look (p50/p95 ms), for the default pipeline (reid recall, reid-local
+rerank), for the previous default (a global reid rerank at 256 px: a second forward a crop) and
+for the official architectures (FashionCLIP ViT-B/32 recall, DINOv2 ViT-S/14 rerank, SAM vit_b masks) with
 random weights (they time the same as trained ones). Ratios are against the default pipeline
 measured in the same run.
 
@@ -76,8 +77,11 @@ def main():
 
         cfg = load_config()
         size = build_reid(checkpoint=resolve(cfg["embedder"]["weights"]))[1]["image_size"]
-        default = f"default (mediapipe, pose-regions, person mask, reid {size}/{cfg['reranker']['image_size']})"
+        default = f"default (mediapipe, pose-regions, person mask, reid {size}px + {cfg['reranker']['backend']} rerank)"
         results = {default: run("default", cfg, tmp, args.repeats)}
+        glob = load_config(reranker={"backend": "reid", "weights": cfg["embedder"]["weights"], "image_size": 256,
+                                     "catalog_views": cfg["embedder"]["catalog_views"]})
+        results[f"global rerank: reid {size}px + reid 256px (previous default)"] = run("global", glob, tmp, args.repeats)
         if not args.skip_official:
             cfg = official_config(tmp)
             results["official archs (ViT-B/32 + DINOv2 ViT-S/14 + SAM vit_b, random weights)"] = run(

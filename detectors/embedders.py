@@ -1,8 +1,13 @@
 """Image embedders: ``embed(crops) -> float32 (n, d)`` L2-normalised, one batched forward.
 
 Backends (registry ``EMBEDDERS``): ``reid`` (our own trained model, the offline default),
-``fashion-clip`` (open_clip, with ``embed_text``) and ``dinov2`` (official checkpoints via timm).
-Each takes ``checkpoint=None`` to mean untrained (random init), for tests and timing only.
+``reid-local`` (the same model's local descriptors, the default reranker), ``fashion-clip``
+(open_clip, with ``embed_text``) and ``dinov2`` (official checkpoints via timm). Each takes
+``checkpoint=None`` to mean untrained (random init), for tests and timing only.
+
+A row may hold ``parts`` sub-vectors (``reid-local``: one per cell of the feature map); the
+index scores such rows with :func:`indexes.category.part_similarity` (plain cosine when
+``parts`` is 1).
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ class Embedder:
     """Shared batching, device and fp16 handling; backends implement ``_forward``."""
 
     name: str
-    dim: int
+    dim: int  # the length of a row (parts x the length of a part)
     preprocess: PreprocessCfg
+    parts: int = 1
 
     def __init__(self, model: torch.nn.Module, *, device: str = "auto", batch_size: int = 64,
                  checkpoint: Path | None = None, catalog_views: tuple[float, ...] = ()):
@@ -70,6 +76,11 @@ class Embedder:
         views = [c for crop in crops for c in (crop, *(center_crop(crop, f) for f in self.catalog_views))]
         z = self.embed(views).reshape(len(crops), 1 + len(self.catalog_views), self.dim).sum(1)
         return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def merge_photos(self, rows: np.ndarray) -> np.ndarray:
+        """One row for a product from the rows of its photos (n, dim): their mean, re-normalised."""
+        v = rows.mean(axis=0)
+        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -116,6 +127,78 @@ class ReidEmbedder(Embedder):
             if cat:
                 cats[cat] = cats.get(cat, 0) + probs[:, j]
         return cats
+
+
+class ReidLocalEmbedder(ReidEmbedder):
+    """Our model's local descriptors, for the rerank: each cell of the backbone's last feature
+    map (7 x 7 at 224 px) through the embedding head (neck + BN), L2-normalised.
+
+    A query row is its ``parts`` descriptors, each scaled by its cell's share of the feature
+    map's activation (the cells the network attends to weigh most, the padding and background
+    least); a catalog row is its descriptors unscaled. :func:`indexes.category.part_similarity`
+    then gives sum_i w_i max_j <q_i, g_j>: every part of the query finds its best match
+    anywhere in the catalog photo (a Chamfer similarity), so a shopper's photo of part of a
+    garment, shifted or rotated, still meets the same print, logo or stitching.
+    """
+
+    name = "reid-local"
+
+    def __init__(self, **kw):
+        if kw.pop("catalog_views", None):
+            raise ValueError("reid-local takes no catalog_views: each part already finds its best match")
+        super().__init__(**kw)
+        s = self.preprocess.image_size
+        with torch.inference_mode():
+            cells = self.model.backbone(torch.zeros(1, 3, s, s, device=self.device, dtype=next(self.model.parameters()).dtype))
+        self.parts = cells.shape[2] * cells.shape[3]
+        self.part_dim = self.config["embed_dim"]
+        self.dim = self.parts * self.part_dim
+
+    def descriptors(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(unit descriptors (n, parts, part_dim) float32, cell weights (n, parts) summing to 1)."""
+        return self._pass(crops)[1:]
+
+    def shares_forward(self, other: Embedder) -> bool:
+        """Whether ``other`` is the global ``reid`` embedding of the same weights and input: then
+        :meth:`embed_with_global` gives both rows from one forward pass."""
+        return (type(other) is ReidEmbedder and other.weights_sha256 == self.weights_sha256
+                and other.preprocess == self.preprocess and other.device == self.device)
+
+    def embed_with_global(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The query side of both stages in one pass: (global unit rows (n, part_dim), :meth:`embed`'s rows)."""
+        glob, desc, w = self._pass(crops)
+        return glob, (desc * w[:, :, None]).reshape(len(crops), self.dim)
+
+    @torch.inference_mode()
+    def _pass(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One backbone pass: global embeddings (as ``reid`` gives), descriptors, cell weights."""
+        m, d = self.model, self.part_dim
+        glob = [np.zeros((0, d), np.float32)]
+        desc, weights = [np.zeros((0, self.parts, d), np.float32)], [np.zeros((0, self.parts), np.float32)]
+        for i in range(0, len(crops), self.batch_size):
+            x = to_batch(crops[i:i + self.batch_size], self.preprocess).to(self.device)
+            fmap = m.backbone(x.half() if self.half else x)
+            glob.append(torch.nn.functional.normalize(m.bn(m.neck(m.pool(fmap))).float(), dim=1).cpu().numpy())
+            cells = fmap.flatten(2).transpose(1, 2)  # (n, parts, channels)
+            n = len(cells)
+            z = m.bn(m.neck(cells.reshape(n * self.parts, -1))).float()
+            desc.append(torch.nn.functional.normalize(z, dim=1).reshape(n, self.parts, d).cpu().numpy())
+            w = cells.float().norm(dim=2)
+            weights.append((w / w.sum(1, keepdim=True).clamp(min=1e-12)).cpu().numpy())
+        return np.concatenate(glob), np.concatenate(desc), np.concatenate(weights)
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        """The query side: descriptors scaled by their cell weights, flattened to (n, dim)."""
+        desc, w = self.descriptors(crops)
+        return (desc * w[:, :, None]).reshape(len(crops), self.dim)
+
+    def embed_catalog(self, crops: list[np.ndarray]) -> np.ndarray:
+        """The catalog side: unit descriptors, flattened to (n, dim)."""
+        return self.descriptors(crops)[0].reshape(len(crops), self.dim)
+
+    def merge_photos(self, rows: np.ndarray) -> np.ndarray:
+        """A product's first photo: descriptors of different photos do not average."""
+        return np.asarray(rows[0], np.float32)
 
 
 class OpenClipEmbedder(Embedder):
@@ -165,7 +248,7 @@ class Dinov2Embedder(Embedder):
         return self.model(x)
 
 
-EMBEDDERS = {"reid": ReidEmbedder, "fashion-clip": OpenClipEmbedder, "dinov2": Dinov2Embedder}
+EMBEDDERS = {"reid": ReidEmbedder, "reid-local": ReidLocalEmbedder, "fashion-clip": OpenClipEmbedder, "dinov2": Dinov2Embedder}
 
 
 def build_embedder(backend: str, *, checkpoint: Path | None = None, **kw) -> Embedder:

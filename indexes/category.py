@@ -6,8 +6,9 @@ Search runs three steps, and every candidate keeps each step's score:
    ``flat_limit`` vectors) returns ``rescore`` candidates;
 2. exact re-score: the candidates' stored full vectors (float16, memory-mapped ``vectors.npy``)
    give their exact cosine similarity, the top ``k_recall`` go on;
-3. rerank: their stored rerank vectors (``rerank.npy``) give a second similarity, and the final
-   score is ``(1 - w) * recall + w * rerank``.
+3. rerank: their stored rerank rows (``rerank.npy``) give a second similarity
+   (:func:`part_similarity`: cosine, or with ``rerank_parts`` > 1 a Chamfer similarity of local
+   descriptors), and the final score is ``(1 - w) * recall + w * rerank``.
 
 FAISS ids are row numbers into the stored arrays; ``ids.npy`` maps a row to its product id.
 Removing a product takes it out of FAISS at once and leaves a tombstone in the arrays;
@@ -39,6 +40,20 @@ class Candidate:
     rerank_score: float | None  # cosine similarity of the rerank embeddings, None without that stage
     score: float  # what the list is sorted by
     approx_score: float | None = None  # the compressed index's estimate, None for an exact index
+
+
+def part_similarity(candidates: np.ndarray, query: np.ndarray, parts: int = 1) -> np.ndarray:
+    """Rerank similarity of one query row (d,) to candidate rows (f, d), each row ``parts``
+    sub-vectors: sum over the query's parts of their best inner product with any part of the
+    candidate. With ``parts`` 1 that is the plain inner product (cosine of unit rows); with
+    weighted query parts (``reid-local``) a weighted Chamfer similarity, at most 1.
+    """
+    candidates, query = np.asarray(candidates, np.float32), np.asarray(query, np.float32)
+    if parts == 1:
+        return candidates @ query
+    f, d = candidates.shape
+    cells = candidates.reshape(f * parts, d // parts) @ query.reshape(parts, d // parts).T  # (f*parts, parts)
+    return cells.reshape(f, parts, parts).max(axis=1).sum(axis=1)
 
 
 def choose_factory(n: int, dim: int, flat_limit: int = FLAT_LIMIT) -> str:
@@ -172,7 +187,8 @@ class CategoryIndex:
 
     Args:
         dim: recall embedding size.
-        rerank_dim: rerank embedding size, or 0 when there is no rerank stage.
+        rerank_dim: rerank row length, or 0 when there is no rerank stage.
+        rerank_parts: sub-vectors in a rerank row (:func:`part_similarity`), 1 for a plain vector.
         factory: a ``faiss.index_factory`` string for the recall stage (inner product on unit
             vectors); ``Flat`` needs no training, an IVF factory is made by :meth:`build`.
         nprobe: inverted lists visited per query (IVF only).
@@ -180,8 +196,11 @@ class CategoryIndex:
     """
 
     def __init__(self, dim: int, rerank_dim: int = 0, factory: str = "Flat", *, nprobe: int = 32,
-                 rescore: int = 200):
+                 rescore: int = 200, rerank_parts: int = 1):
+        if rerank_dim % rerank_parts:
+            raise ValueError(f"a rerank row of {rerank_dim} values does not split into {rerank_parts} parts")
         self.dim, self.rerank_dim, self.factory = dim, rerank_dim, factory
+        self.rerank_parts = rerank_parts
         self.nprobe, self.rescore = nprobe, rescore
         self.index = new_faiss_index(dim, factory)
         self.ids = Rows(np.zeros(0, "<U1"))
@@ -392,8 +411,8 @@ class CategoryIndex:
         score, rr = exact, None
         if reranking:
             rq = np.asarray(rerank_queries, np.float32).reshape(len(q), self.rerank_dim)
-            full = self.rerank.take(safe.ravel()).reshape(*safe.shape, self.rerank_dim).astype(np.float32)
-            rr = np.einsum("qfd,qd->qf", full, rq)
+            full = self.rerank.take(safe.ravel()).reshape(*safe.shape, self.rerank_dim)
+            rr = np.stack([part_similarity(full[i], rq[i], self.rerank_parts) for i in range(len(q))])
             score = np.where(valid, (1 - rerank_weight) * exact + rerank_weight * rr, -np.inf)
         top = np.argsort(-score, axis=1, kind="stable")[:, :k]
         ids = self.ids.take(np.take_along_axis(safe, top, 1).ravel()).reshape(top.shape)
@@ -437,7 +456,8 @@ class CategoryIndex:
 
     # ---- persistence ----------------------------------------------------------------------
     def meta(self) -> dict:
-        return {"dim": self.dim, "rerank_dim": self.rerank_dim, "factory": self.factory, "count": len(self),
+        return {"dim": self.dim, "rerank_dim": self.rerank_dim, "rerank_parts": self.rerank_parts,
+                "factory": self.factory, "count": len(self),
                 "rows": len(self.ids), "tombstones": len(self.dead), "trained_on": self.trained_on,
                 "nprobe": self.nprobe, "rescore": self.rescore}
 
@@ -455,7 +475,7 @@ class CategoryIndex:
         """Open a saved index; with ``mmap`` the arrays (and what FAISS allows) stay on disk until read."""
         meta = json.loads((folder / "meta.json").read_text())
         self = cls(meta["dim"], meta["rerank_dim"], meta["factory"], nprobe=meta.get("nprobe", 32),
-                   rescore=meta.get("rescore", 200))
+                   rescore=meta.get("rescore", 200), rerank_parts=meta.get("rerank_parts", 1))
         self.trained_on = meta.get("trained_on", 0)
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         self.index = faiss.read_index(str(folder / "recall.faiss"), flags)

@@ -121,9 +121,9 @@ class IndexSet:
                  flat_limit: int = FLAT_LIMIT, nprobe: int = 32, rescore: int = 200):
         self.models = models
         self.factory, self.flat_limit = factory, flat_limit
-        rerank_dim = models.get("rerank", {}).get("dim", 0)
-        self.indexes = {c: CategoryIndex(models["recall"]["dim"], rerank_dim, "Flat", nprobe=nprobe, rescore=rescore)
-                        for c in CATEGORIES}
+        rerank_dim, parts = models.get("rerank", {}).get("dim", 0), models.get("rerank", {}).get("parts", 1)
+        self.indexes = {c: CategoryIndex(models["recall"]["dim"], rerank_dim, "Flat", nprobe=nprobe, rescore=rescore,
+                                         rerank_parts=parts) for c in CATEGORIES}
         self.folder = folder
         self.store = ProductStore(":memory:" if folder is None else folder / "products.sqlite")
         self.lock = threading.RLock()  # writers (add/remove/save) against each other and searches
@@ -141,7 +141,7 @@ class IndexSet:
         old = self.indexes[category]
         self.indexes[category] = CategoryIndex.build(
             product_ids, vectors, rerank, factory=self.factory, flat_limit=self.flat_limit, gpu=gpu,
-            nprobe=old.nprobe, rescore=old.rescore)
+            nprobe=old.nprobe, rescore=old.rescore, rerank_parts=old.rerank_parts)
 
     def add(self, category: str, products: list[dict], vectors: np.ndarray, rerank: np.ndarray | None = None) -> None:
         """Add products (store rows with at least ``product_id``) to one category, no rebuild.
@@ -175,7 +175,8 @@ class IndexSet:
             if workers > 1 and factory != "Flat":
                 self.indexes[category] = build_sharded(
                     ids, vectors, rerank, factory=factory, shards=2 * workers, workers=workers,
-                    flat_limit=self.flat_limit, gpu=gpu, nprobe=old.nprobe, rescore=old.rescore)
+                    flat_limit=self.flat_limit, gpu=gpu, nprobe=old.nprobe, rescore=old.rescore,
+                    rerank_parts=old.rerank_parts)
             else:
                 self.build_category(category, ids, vectors, rerank, gpu=gpu)
             self.store.put([{**p, "category": category} for p in products])

@@ -50,7 +50,7 @@ class ProductVectors:
     category: str
     label: str
     vector: np.ndarray  # (d,) mean of the photos' unit embeddings, re-normalised
-    rerank: np.ndarray | None
+    rerank: np.ndarray | None  # the reranker's row (Embedder.merge_photos of the photos' rows)
     tags: list[dict]  # per photo with a garment: photo (its index), category, label, box (xyxy pixels), score
 
 
@@ -136,14 +136,9 @@ def products_vectors(models: dict, products: list[list[np.ndarray]],
         chosen = category or max(dict.fromkeys(cats), key=cats.count)  # ties: the first photo's
         keep = np.flatnonzero(owner == p)[[i for i, c in enumerate(cats) if c == chosen]]
         label = tags[p][cats.index(chosen)]["label"]
-        out.append(ProductVectors(chosen, label, _mean_unit(vectors[keep]),
-                                  None if rerank is None else _mean_unit(rerank[keep]), tags[p]))
+        out.append(ProductVectors(chosen, label, models["embedder"].merge_photos(vectors[keep]),
+                                  None if rerank is None else models["reranker"].merge_photos(rerank[keep]), tags[p]))
     return out
-
-
-def _mean_unit(vectors: np.ndarray) -> np.ndarray:
-    v = vectors.mean(axis=0)
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
 def sample_per_class(photos, n: int):

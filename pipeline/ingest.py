@@ -203,7 +203,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 def process_chunk(models: dict, products: list[dict], opts: IngestOptions) -> dict:
     """The catalog stages for one chunk of planned products (see :func:`pipeline.rows.plan`).
 
-    Returns ids, vectors (n, d) float32, rerank (n, d') or None, and per product its store
+    Returns ids, vectors (n, d) float32, rerank (n, d') float16 or None, and per product its store
     record and tag line, plus rejects and (product_id, photo, dhash) of every decoded photo.
     """
     from pipeline.catalog import products_vectors  # noqa: PLC0415 (catalog imports the models stack)
@@ -256,7 +256,8 @@ def process_chunk(models: dict, products: list[dict], opts: IngestOptions) -> di
                                 for t in pv.tags]})
     dim = models["embedder"].dim
     return {"ids": ids, "vectors": np.array(vectors, np.float32).reshape(-1, dim),
-            "rerank": np.array(rerank, np.float32) if rerank else None, "records": records, "tags": tags,
+            # float16 as the index stores it (a reid-local row is 49 x 256 values)
+            "rerank": np.array(rerank, np.float16) if rerank else None, "records": records, "tags": tags,
             "rejects": sorted(rejects, key=lambda r: r["line"]), "hashes": hashes}
 
 
@@ -300,7 +301,7 @@ def write_chunk(work: Path, k: int, result: dict, signature: dict) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.savez(f, ids=np.array(result["ids"], dtype=str), vectors=result["vectors"],
-                 rerank=np.zeros((len(result["ids"]), 0), np.float32) if result["rerank"] is None else result["rerank"],
+                 rerank=np.zeros((len(result["ids"]), 0), np.float16) if result["rerank"] is None else result["rerank"],
                  meta=np.array(json.dumps(meta)))
         f.flush()
         os.fsync(f.fileno())

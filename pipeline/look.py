@@ -65,6 +65,7 @@ def model_signature(embedder, reranker) -> dict:
     def one(m):
         sig = {"backend": m.name, "dim": m.dim, "weights_sha256": m.weights_sha256,
                "image_size": m.preprocess.image_size}
+        sig |= {"parts": m.parts} if m.parts > 1 else {}
         return sig | ({"catalog_views": list(m.catalog_views)} if m.catalog_views else {})
     sig = {"recall": one(embedder)}
     if reranker is not None:
@@ -93,6 +94,7 @@ class ShopTheLook:
         self.classifier = models.get("classifier")
         self.index = index
         self.search = search
+        self.one_pass = hasattr(self.reranker, "shares_forward") and self.reranker.shares_forward(self.embedder)
 
     @classmethod
     def from_config(cls, index_dir: str | Path, config: dict | None = None) -> ShopTheLook:
@@ -138,9 +140,13 @@ class ShopTheLook:
             garments = self.masker.mask(image, garments, verdict)
         with stage("embed"):
             crops = [crop_masked(image, g.box, g.mask, self.embedder.preprocess.fill) for g in garments]
-            vectors = self.embedder.embed(crops)
+            if self.one_pass:  # reid + reid-local of the same weights: both rows from one forward
+                vectors, rerank = self.reranker.embed_with_global(crops)
+            else:
+                vectors = self.embedder.embed(crops)
         with stage("rerank_embed"):
-            rerank = self.reranker.embed(crops) if self.reranker is not None else None
+            if not self.one_pass:
+                rerank = self.reranker.embed(crops) if self.reranker is not None else None
         with stage("search"):
             matches = self._search(garments, vectors, rerank, k, filters)
         return LookResult(verdict, garments, matches, timings)
@@ -158,7 +164,8 @@ class ShopTheLook:
         ci = index[category]
         row = np.array([ci.row_of()[product_id]])
         vec = ci.vectors.take(row)[0].astype(np.float32)
-        rr = ci.rerank.take(row)[0].astype(np.float32) if ci.rerank_dim else None
+        # a stored catalog row as the query: its parts weigh alike (1 / parts each)
+        rr = ci.rerank.take(row)[0].astype(np.float32) / ci.rerank_parts if ci.rerank_dim else None
         cands = index.search(category, vec / np.linalg.norm(vec), k + 1, rerank_query=rr,
                              k_recall=self.search["k_recall"], rerank_weight=self.search["rerank_weight"],
                              filters=filters)

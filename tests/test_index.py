@@ -221,3 +221,30 @@ def test_a_killed_save_leaves_a_loadable_index(tmp_path, big):
         assert back.counts()["upper"] == 3000 and back.counts()["lower"] % 2000 == 0
         assert back["lower"].index.ntotal == back.counts()["lower"]
         back.store.close()
+
+
+def test_local_rerank_finds_the_product_of_a_partial_view(reid_weights, tmp_path):
+    """The default reranker (reid-local rows of 49 parts) on real photos: a shifted, partial view
+    of a catalog photo finds its product first, and the index keeps its parts through save/load."""
+    from detectors.embedders import build_embedder
+    from pipeline.dataset import list_photos
+    from pipeline.images import load_image
+
+    photos = [load_image(p.path, max_side=256) for p in list_photos(CATALOG / "test")[::9][:40]]
+    recall = build_embedder("reid", checkpoint=reid_weights, device="cpu", catalog_views=[0.8])
+    local = build_embedder("reid-local", checkpoint=reid_weights, device="cpu")
+    assert local.parts == 49
+    ids = [f"p{i}" for i in range(len(photos))]
+    idx = CategoryIndex.build(ids, recall.embed_catalog(photos), local.embed_catalog(photos), rerank_parts=49)
+    views = [p[p.shape[0] // 5:, : p.shape[1] * 3 // 4] for p in photos[:10]]  # lower 80 %, left 75 %
+    q, rq = recall.embed(views), local.embed(views)
+    found = [idx.search(q[i], 3, rerank_query=rq[i], rerank_weight=0.8) for i in range(10)]
+    assert sum(r[0].product_id == ids[i] for i, r in enumerate(found)) >= 9
+    assert all(-1 <= c.rerank_score <= 1 + 1e-5 for r in found for c in r)
+    idx.save(tmp_path / "upper")
+    back = CategoryIndex.load(tmp_path / "upper")
+    assert back.rerank_parts == 49
+    again = [back.search(q[i], 3, rerank_query=rq[i], rerank_weight=0.8) for i in range(10)]
+    assert [[c.product_id for c in r] for r in again] == [[c.product_id for c in r] for r in found]
+    with pytest.raises(ValueError, match="parts"):
+        CategoryIndex(256, 100, rerank_parts=49)

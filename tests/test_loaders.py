@@ -139,3 +139,38 @@ def test_catalog_views_average_the_crop_and_its_centre(tmp_path):
     assert "catalog_views" not in model_signature(plain, None)["recall"]
     with pytest.raises(ValueError, match="catalog_views"):
         build_embedder("reid", checkpoint=tmp_path / "r.pt", device="cpu", catalog_views=[1.5])
+
+
+def test_local_descriptors_score_as_a_weighted_chamfer_similarity(tmp_path):
+    from detectors.embedders import build_embedder
+    from detectors.reid import build_reid, save_release
+    from indexes.category import part_similarity
+    from pipeline.look import model_signature
+
+    model, cfg = build_reid(backbone="resnet10t", embed_dim=64)
+    save_release(model, cfg, tmp_path / "r.pt")
+    local = build_embedder("reid-local", checkpoint=tmp_path / "r.pt", device="cpu", image_size=128)
+    assert (local.parts, local.part_dim, local.dim) == (16, 64, 16 * 64)  # a 4 x 4 feature map at 128 px
+    crops = _crops()
+    q = local.embed(crops).reshape(3, 16, 64)
+    g = local.embed_catalog(crops).reshape(3, 16, 64)
+    assert np.allclose(np.linalg.norm(g, axis=2), 1, atol=1e-5)  # catalog parts: unit descriptors
+    weights = np.linalg.norm(q, axis=2)  # query parts: unit descriptors scaled by their cell's weight
+    assert np.allclose(weights.sum(1), 1, atol=1e-5) and (weights >= 0).all()
+    assert np.allclose(q / weights[:, :, None], g, atol=1e-4)  # same descriptors on both sides
+    # sum over query parts of the best match among the candidate's parts, by hand
+    want = [sum(max(float(qi @ gj) for gj in g[c]) for qi in q[0]) for c in range(3)]
+    assert np.allclose(part_similarity(g.reshape(3, -1), q[0].reshape(-1), 16), want, atol=1e-5)
+    assert part_similarity(g.reshape(3, -1), q[0].reshape(-1), 16)[0] == pytest.approx(1, abs=1e-4)  # itself
+    flat = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
+    assert np.allclose(part_similarity(flat, flat[0]), flat @ flat[0], atol=1e-5)  # 1 part: inner product
+    assert model_signature(local, local)["rerank"]["parts"] == 16
+    assert np.array_equal(local.merge_photos(g.reshape(3, -1)), g[0].reshape(-1))  # a product's first photo
+    # the look's one pass: the recall embedding of the same weights and input comes with the parts
+    recall = build_embedder("reid", checkpoint=tmp_path / "r.pt", device="cpu", image_size=128)
+    assert local.shares_forward(recall) and not local.shares_forward(build_embedder(
+        "reid", checkpoint=tmp_path / "r.pt", device="cpu", image_size=160))
+    glob, rows = local.embed_with_global(crops)
+    assert np.allclose(glob, recall.embed(crops), atol=1e-5) and np.allclose(rows, local.embed(crops), atol=1e-6)
+    with pytest.raises(ValueError, match="catalog_views"):
+        build_embedder("reid-local", checkpoint=tmp_path / "r.pt", device="cpu", catalog_views=[0.8])
