@@ -296,7 +296,7 @@ class CategoryIndex:
         first, n = len(self.ids), len(product_ids)
         self.ids.append(np.asarray(product_ids, dtype=str))
         self.vectors.append(np.asarray(vectors).astype(np.float16))
-        self.rerank.append(np.zeros((n, 0), np.float16) if not self.rerank_dim else np.asarray(rerank).astype(np.float16))
+        self.rerank.append(np.zeros((n, 0), np.float16) if not self.rerank_dim else np.asarray(rerank, np.float16))
         self.row_of().update(zip(product_ids, range(first, first + n)))
         self._gpu_index = None
 
