@@ -178,7 +178,7 @@ class ReidLocalEmbedder(ReidEmbedder):
         for i in range(0, len(crops), self.batch_size):
             x = to_batch(crops[i:i + self.batch_size], self.preprocess).to(self.device)
             fmap = m.backbone(x.half() if self.half else x)
-            glob.append(torch.nn.functional.normalize(m.bn(m.neck(m.pool(fmap))).float(), dim=1).cpu().numpy())
+            glob.append(torch.nn.functional.normalize(m.head(fmap).float(), dim=1).cpu().numpy())
             cells = fmap.flatten(2).transpose(1, 2)  # (n, parts, channels)
             n = len(cells)
             z = m.bn(m.neck(cells.reshape(n * self.parts, -1))).float()
@@ -189,8 +189,7 @@ class ReidLocalEmbedder(ReidEmbedder):
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         """The query side: descriptors scaled by their cell weights, flattened to (n, dim)."""
-        desc, w = self.descriptors(crops)
-        return (desc * w[:, :, None]).reshape(len(crops), self.dim)
+        return self.embed_with_global(crops)[1]
 
     def embed_catalog(self, crops: list[np.ndarray]) -> np.ndarray:
         """The catalog side: unit descriptors, flattened to (n, dim)."""

@@ -55,8 +55,12 @@ class ReidNet(nn.Module):
         self.classifier = nn.Linear(embed_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.bn(self.neck(self.pool(self.backbone(x))))
+        e = self.head(self.backbone(x))
         return F.normalize(e.float(), dim=1), self.classifier(e)
+
+    def head(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The embedding (before L2 normalisation) of a backbone feature map (n, C, h, w)."""
+        return self.bn(self.neck(self.pool(fmap)))
 
 
 def build_reid(*, checkpoint: str | Path | None = None, **arch) -> tuple[ReidNet, dict]:

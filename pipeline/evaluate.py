@@ -163,8 +163,7 @@ def run_eval(*, out: Path, data: str | None = None, weights: str = "reid-v2",
         metrics, ranks, qps = retrieval_metrics(gal, qry, truth)
         rows.append((m.name, metrics))
         curves[m.name] = [recall_at_k(ranks, truth, k) for k in range(1, 11)]
-        per_cat[m.name] = {c: recall_at_k(ranks[np.array(q_cat) == c], truth[np.array(q_cat) == c], 1)
-                           for c in (*CATEGORIES, "hat")}
+        per_cat[m.name] = _per_category(ranks, truth, q_cat)
         speed[m.name] = (eps, qps)
         embedded.append((gal, qry))
         if ranks_ours is None:
@@ -186,8 +185,7 @@ def run_eval(*, out: Path, data: str | None = None, weights: str = "reid-v2",
         two = _two_stage(gal_ours, qry_ours, gal, qry, k_recall=k_recall, weight=weight, parts=rr.parts)
         speed[name] = (eps, len(queries) / max(time.perf_counter() - t, 1e-9))
         rows.append((name, _ranked_metrics(two, truth)))
-        per_cat[name] = {c: recall_at_k(two[np.array(q_cat) == c], truth[np.array(q_cat) == c], 1)
-                         for c in (*CATEGORIES, "hat")}
+        per_cat[name] = _per_category(two, truth, q_cat)
         curves[name] = [recall_at_k(two, truth, k) for k in range(1, 11)]
         if gal_rr is None:
             gal_rr = gal
@@ -217,6 +215,12 @@ def _two_stage(gal, qry, gal_rr, qry_rr, k_recall: int, weight: float, parts: in
         score = (1 - weight) * sims[q, cand] + weight * part_similarity(gal_rr[cand], qry_rr[q], parts)
         out.append(cand[np.argsort(-score, kind="stable")][:10])
     return np.array(out)
+
+
+def _per_category(ranks: np.ndarray, truth: np.ndarray, q_cat: list[str]) -> dict:
+    """recall@1 of the queries of each category (hat included)."""
+    q_cat = np.array(q_cat)
+    return {c: recall_at_k(ranks[q_cat == c], truth[q_cat == c], 1) for c in (*CATEGORIES, "hat")}
 
 
 def _ranked_metrics(ranks: np.ndarray, truth: np.ndarray) -> dict:

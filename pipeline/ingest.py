@@ -477,9 +477,8 @@ def finish(work: Path, index_dir: Path, config: dict, opts: IngestOptions, repor
             categories = np.array([r["category"] for p in parts for r in p["records"]])
             records = np.array([r for p in parts for r in p["records"]], dtype=object)
             vectors = np.concatenate([p["vectors"] for p in parts])
-            rr = [p.pop("rerank") for p in parts]  # popped: a reid-local row is 25 KB, held once
-            rerank = np.concatenate([r for r in rr if r is not None]) if any(r is not None for r in rr) else None
-            del rr
+            rr = [p["rerank"] for p in parts if p["rerank"] is not None]
+            rerank = np.concatenate(rr) if rr else None
             for cat in CATEGORIES:
                 sel = np.flatnonzero(categories == cat)
                 report.indexed[cat] = len(sel)
